@@ -1,0 +1,296 @@
+"""The `distilsearch` command line: distill, index, search, eval, serve, demo.
+
+Errors a user can fix exit with code 2 and one line on stderr saying what and how.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from search.types import DistilsearchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Semantic search with distilled encoders: distill, index, search, eval, serve.",
+)
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+
+
+def fail(message: str) -> NoReturn:
+    """Print one error line and exit 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _setup(verbose: bool) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("sentence_transformers", "transformers", "httpx", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+
+
+def _data_path(data: str) -> Path:
+    path = Path(data).expanduser()
+    if not path.exists():
+        fail(f"--data {data}: no such file or folder; pass a BEIR folder or a JSONL file")
+    return path
+
+
+@app.command()
+def distill(
+    student: Annotated[
+        str, typer.Option(help="all-MiniLM-L6-v2, a model folder, or mpnet:layers=0,4,8,11")
+    ],
+    data: Annotated[str, typer.Option(help="BEIR folder or JSONL file of the corpus to adapt to.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the student into.")],
+    teacher: Annotated[
+        str, typer.Option(help="Teacher model name or folder.")
+    ] = "all-mpnet-base-v2",
+    max_minutes: Annotated[
+        float, typer.Option(help="Stop training after this many minutes.")
+    ] = 30.0,
+    max_texts: Annotated[
+        int, typer.Option(help="Cap on training texts (teacher labelling is slow).")
+    ] = 8000,
+    texts: Annotated[
+        list[Path] | None, typer.Option(help="Extra text files, one text a line.")
+    ] = None,
+    epochs: Annotated[float, typer.Option(help="Training epochs.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    verbose: Verbose = False,
+) -> None:
+    """Distill the teacher into a smaller student by embedding matching (MSE)."""
+    _setup(verbose)
+    from distill.config import DistillConfig
+    from distill.run import distill as run_distill
+
+    try:
+        config = DistillConfig(
+            teacher=teacher,
+            student=student,
+            data=_data_path(data),
+            out=out,
+            max_minutes=max_minutes,
+            max_texts=max_texts,
+            extra_texts=list(texts or []),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+        )
+        report = run_distill(config)
+    except (DistilsearchError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps({k: report[k] for k in ("out", "fidelity", "steps", "train_seconds")}))
+
+
+@app.command()
+def index(
+    model: Annotated[str, typer.Option(help="Model name or folder to encode with.")],
+    data: Annotated[str, typer.Option(help="BEIR folder or JSONL file of documents.")],
+    out: Annotated[Path, typer.Option(help="Index folder to write (replaced atomically).")],
+    factory: Annotated[str, typer.Option(help="FAISS factory string.")] = "Flat",
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
+    backend: Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")] = "auto",
+    cache: Annotated[bool, typer.Option(help="Reuse and fill the embedding cache.")] = True,
+    verbose: Verbose = False,
+) -> None:
+    """Encode a corpus and write a FAISS index folder."""
+    _setup(verbose)
+    from indexer.build import build_index, make_index
+    from search.assets import embeddings_dir, resolve_model
+    from search.corpus import iter_documents
+    from search.embed_cache import EmbeddingCache
+    from search.encoder import load_encoder
+
+    path = _data_path(data)
+    try:
+        make_index(factory, 8)  # fail on a bad factory string before loading the model
+        encoder = load_encoder(model, backend=backend)  # type: ignore[arg-type]
+        total = sum(1 for _ in iter_documents(path))
+        emb = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim) if cache else None
+        manifest = build_index(
+            encoder,
+            iter_documents(path),
+            out,
+            factory=factory,
+            batch_size=batch_size,
+            cache=emb,
+            model_path=str(resolve_model(model)),
+            total=total,
+        )
+    except (DistilsearchError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(
+        f"indexed {manifest['count']} documents into {out} "
+        f"({manifest['factory']}, dim {manifest['dim']}, {manifest['docs_per_s']:.1f} docs/s)"
+    )
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The query text.")],
+    index: Annotated[Path, typer.Option(help="Index folder.")],
+    k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Search an index folder."""
+    _setup(verbose)
+    from search.retriever import Retriever
+
+    if not query.strip():
+        fail("the query is empty; pass some text to search for")
+    if k < 1:
+        fail(f"-k must be at least 1, got {k}")
+    try:
+        retriever = Retriever.open(index)
+        hits = retriever.search(query, k)
+    except DistilsearchError as exc:
+        fail(str(exc))
+    if as_json:
+        rows = [
+            {"id": h.id, "score": h.score, "title": h.title, "snippet": h.snippet()} for h in hits
+        ]
+        typer.echo(json.dumps({"query": query, "hits": rows}))
+        return
+    for rank, h in enumerate(hits, 1):
+        typer.echo(f"{rank:>3}. {h.score:.4f}  [{h.id}] {h.title or h.snippet(80)}")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option(help="Model name, folder, or bm25.")],
+    data: Annotated[str, typer.Option(help="BEIR folder.")],
+    split: Annotated[str, typer.Option(help="Qrels split to evaluate on.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
+    backend: Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")] = "auto",
+    cache: Annotated[bool, typer.Option(help="Reuse and fill the embedding cache.")] = True,
+    verbose: Verbose = False,
+) -> None:
+    """Evaluate a model (or bm25) on a BEIR dataset: nDCG@10, Recall@100, MAP, MRR, docs/s."""
+    _setup(verbose)
+    from search.assets import embeddings_dir
+    from search.corpus import load_beir
+    from search.embed_cache import EmbeddingCache
+    from search.encoder import load_encoder
+    from search.evaluate import evaluate
+
+    path = _data_path(data)
+    try:
+        encoder = None if model.lower() == "bm25" else load_encoder(model, backend=backend)  # type: ignore[arg-type]
+        corpus, queries, qrels = load_beir(path, split)
+        emb = None
+        if encoder is not None and cache:
+            emb = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim)
+        report = evaluate(
+            encoder,
+            corpus,
+            queries,
+            qrels,
+            cache=emb,
+            batch_size=batch_size,
+            progress=not as_json or sys.stderr.isatty(),
+        )
+    except DistilsearchError as exc:
+        fail(str(exc))
+    report.pop("per_query_ndcg@10")
+    report["model"] = model
+    report["dataset"], report["split"] = path.name, split
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        _print_table([report])
+
+
+def _print_table(reports: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="BEIR evaluation")
+    for col in ("model", "nDCG@10", "Recall@100", "docs/s", "query ms", "size MB"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in reports:
+        size = r.get("size_mb")
+        table.add_row(
+            str(r["model"]),
+            f"{r['ndcg@10']:.4f}",
+            f"{r['recall@100']:.4f}",
+            f"{r['docs_per_s']:.1f}",
+            f"{r.get('query_ms', float('nan')):.1f}",
+            "-" if size is None else f"{size:.0f}",
+        )
+    Console().print(table)
+
+
+@app.command()
+def serve(
+    index: Annotated[Path, typer.Option(help="Index folder to serve.")],
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback unless told).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    verbose: Verbose = False,
+) -> None:
+    """Serve an index over HTTP (FastAPI; OpenAPI docs at /docs)."""
+    _setup(verbose)
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import Settings
+    from search.index_folder import read_manifest
+
+    try:
+        read_manifest(index)
+    except DistilsearchError as exc:
+        fail(str(exc))
+    settings = Settings(index_dir=index, host=host, port=port)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def demo(
+    data: Annotated[str | None, typer.Option(help="BEIR SciFact folder.")] = None,
+    out: Annotated[Path, typer.Option(help="Where the student and index go.")] = Path("runs/demo"),
+    max_minutes: Annotated[float, typer.Option(help="Training budget in minutes.")] = 20.0,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve at the end.")
+    ] = True,
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+    verbose: Verbose = False,
+) -> None:
+    """The main job on SciFact: distill, index, evaluate teacher vs students, serve."""
+    _setup(verbose)
+    from api.demo import run_demo
+    from search.corpus import find_dataset
+
+    try:
+        path = _data_path(data) if data else find_dataset("scifact")
+        index_dir = run_demo(path, out, max_minutes=max_minutes, print_table=_print_table)
+    except DistilsearchError as exc:
+        fail(str(exc))
+    if serve_after:
+        typer.echo(f"serving {index_dir} on http://127.0.0.1:{port} (docs at /docs; Ctrl-C stops)")
+        serve(index=index_dir, host="127.0.0.1", port=port, verbose=verbose)
+
+
+def main() -> None:
+    """Entry point of the `distilsearch` script."""
+    app()

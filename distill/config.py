@@ -1,0 +1,97 @@
+"""Distillation settings and the student spec grammar."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_GENERIC = "msmarco-queries.txt"
+
+
+def default_generic_texts() -> Path | None:
+    """Generic query-side text: ``$DISTILSEARCH_TEXT/msmarco-queries.txt`` when present."""
+    root = os.environ.get("DISTILSEARCH_TEXT")
+    candidates = [Path(root) / _GENERIC] if root else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / _GENERIC)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """A parsed ``--student``: a layer subset of the teacher, or a model name/folder.
+
+    ``mpnet:layers=0,4,8,11`` (any ``<prefix>:layers=...``) keeps those encoder layers of
+    the teacher; anything else names a pretrained sentence-transformers model.
+    """
+
+    model: str | None
+    layers: tuple[int, ...] | None
+
+    @classmethod
+    def parse(cls, spec: str) -> StudentSpec:
+        if ":layers=" in spec:
+            raw = spec.split(":layers=", 1)[1]
+            try:
+                layers = tuple(int(x) for x in raw.split(",") if x.strip())
+            except ValueError as exc:
+                raise ValueError(
+                    f"--student {spec!r}: layers must be comma-separated integers, "
+                    "e.g. mpnet:layers=0,4,8,11"
+                ) from exc
+            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+                raise ValueError(f"--student {spec!r}: give distinct non-negative layer numbers")
+            return cls(None, tuple(sorted(layers)))
+        return cls(spec, None)
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distill run needs.
+
+    Attributes:
+        teacher: Teacher model name or folder.
+        student: Student spec (see `StudentSpec`).
+        data: BEIR folder or JSONL corpus the student should adapt to.
+        out: Output folder of the student.
+        max_minutes: Wall-clock budget of training (labelling is not counted).
+        max_texts: Cap on training texts.
+        extra_texts: User text files, one text a line.
+        generic_texts: Generic queries file (None: none).
+        holdout: Fraction of texts held out to measure fidelity.
+    """
+
+    teacher: str
+    student: str
+    data: Path
+    out: Path
+    max_minutes: float = 30.0
+    max_texts: int = 8000
+    extra_texts: list[Path] = field(default_factory=list)
+    generic_texts: Path | None = field(default_factory=default_generic_texts)
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 2e-5
+    seed: int = 42
+    holdout: float = 0.05
+    eval_steps: int = 50
+    max_seq_length: int | None = None
+
+    def validate(self) -> StudentSpec:
+        """Check values; return the parsed student spec.
+
+        Raises:
+            ValueError: a value is out of range; the message says which and what is allowed.
+        """
+        if self.max_minutes <= 0:
+            raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
+        if self.max_texts < 20:
+            raise ValueError(f"--max-texts must be at least 20, got {self.max_texts}")
+        if not 0 < self.holdout < 0.5:
+            raise ValueError(f"holdout must be in (0, 0.5), got {self.holdout}")
+        if self.batch_size < 2 or self.lr <= 0 or self.epochs <= 0:
+            raise ValueError("--batch-size must be >= 2, --lr and --epochs > 0")
+        for path in self.extra_texts:
+            if not path.is_file():
+                raise ValueError(f"--texts {path}: no such file")
+        return StudentSpec.parse(self.student)

@@ -1,0 +1,85 @@
+"""Training texts for distillation: the user's corpus, its sentences, train queries,
+generic queries and user files, mixed by fixed shares. Test queries are never read."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from search.corpus import iter_documents, load_queries
+from search.types import document_text
+
+# Shares of the text budget, in order of priority; unused share flows to generic text.
+SHARES = {"documents": 0.6, "sentences": 0.15, "train_queries": 0.1, "user": 0.15}
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(])")
+
+
+@dataclass
+class TrainingTexts:
+    """Texts by source (deduplicated, no empty strings)."""
+
+    by_source: dict[str, list[str]]
+
+    @property
+    def all(self) -> list[str]:
+        return [t for texts in self.by_source.values() for t in texts]
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.by_source.items()}
+
+
+def split_sentences(text: str, min_chars: int = 40) -> list[str]:
+    """Sentences of a text, dropping fragments shorter than `min_chars`."""
+    return [s.strip() for s in _SENTENCE.split(text) if len(s.strip()) >= min_chars]
+
+
+def _read_lines(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
+def _take(pool: Sequence[str], n: int, rng: random.Random, seen: set[str]) -> list[str]:
+    fresh = [t for t in dict.fromkeys(pool) if t not in seen]
+    picked = fresh if len(fresh) <= n else rng.sample(fresh, n)
+    seen.update(picked)
+    return picked
+
+
+def collect_texts(
+    data: Path,
+    *,
+    max_texts: int,
+    generic: Path | None = None,
+    extra: Sequence[Path] = (),
+    seed: int = 42,
+) -> TrainingTexts:
+    """Collect up to `max_texts` training texts.
+
+    Args:
+        data: BEIR folder (its ``train`` queries are used when present) or JSONL corpus.
+        max_texts: Total budget.
+        generic: File of generic queries, one a line.
+        extra: User files of texts, one a line.
+    """
+    rng = random.Random(seed)
+    docs, sentences = [], []
+    for _, title, text in iter_documents(data):
+        docs.append(document_text(title, text))
+        sentences.extend(split_sentences(text))
+    train_queries = list(load_queries(data, "train").values()) if data.is_dir() else []
+    user = [t for path in extra for t in _read_lines(path)]
+    seen: set[str] = set()
+    out: dict[str, list[str]] = {}
+    for name, pool in (
+        ("documents", docs),
+        ("sentences", sentences),
+        ("train_queries", train_queries),
+        ("user", user),
+    ):
+        out[name] = _take(pool, int(SHARES[name] * max_texts), rng, seen)
+    left = max_texts - sum(len(v) for v in out.values())
+    out["generic"] = _take(_read_lines(generic), left, rng, seen) if generic and left > 0 else []
+    return TrainingTexts(out)

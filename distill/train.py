@@ -1,0 +1,147 @@
+"""Training a student by embedding matching with sentence-transformers' trainer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+from sentence_transformers.sentence_transformer.losses import MSELoss
+from transformers import EarlyStoppingCallback, TrainerCallback
+
+from distill.targets import fidelity
+
+logger = logging.getLogger(__name__)
+
+
+class FidelityEvaluator(SentenceEvaluator):
+    """Mean cosine (primary) and MSE of the student's embeddings to fixed targets."""
+
+    def __init__(self, texts: list[str], targets: np.ndarray, batch_size: int = 32) -> None:
+        super().__init__()
+        self.texts, self.targets, self.batch_size = texts, targets, batch_size
+        self.primary_metric = "fidelity_cosine"
+        self.greater_is_better = True
+
+    def __call__(
+        self,
+        model: SentenceTransformer,
+        output_path: str | None = None,
+        epoch: int = -1,
+        steps: int = -1,
+    ) -> dict[str, float]:
+        vecs = model.encode(
+            self.texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        fid = fidelity(vecs, self.targets)
+        return {"fidelity_cosine": fid["cosine"], "fidelity_mse": fid["mse"]}
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training (after saving a checkpoint) once `minutes` of wall time are spent."""
+
+    def __init__(self, minutes: float) -> None:
+        self.deadline = time.monotonic() + 60 * minutes
+        self.hit = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if time.monotonic() > self.deadline:
+            self.hit = True
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_evaluate = True
+        return control
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def train_student(
+    student: SentenceTransformer,
+    texts: list[str],
+    targets: np.ndarray,
+    heldout: FidelityEvaluator,
+    work: Path,
+    *,
+    epochs: float,
+    batch_size: int,
+    lr: float,
+    max_minutes: float,
+    eval_steps: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Train `student` so its embeddings of `texts` match `targets` (MSE).
+
+    Checkpoints go to ``work/``; a run interrupted at any point resumes from the last
+    one. Training stops early when held-out fidelity stops improving (3 evaluations)
+    or when the time budget is spent; the best checkpoint is loaded at the end.
+
+    Returns:
+        Facts of the run: steps, seconds, whether it resumed, why it stopped.
+    """
+    from datasets import Dataset
+
+    train = Dataset.from_dict({"text": texts, "label": targets.astype(np.float32).tolist()})
+    steps_per_epoch = max(1, len(texts) // batch_size)
+    eval_steps = max(1, min(eval_steps, steps_per_epoch))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        warmup_steps=max(1, int(0.1 * steps_per_epoch * epochs)),
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_fidelity_cosine",
+        greater_is_better=True,
+        logging_steps=eval_steps,
+        report_to="none",
+        use_cpu=True,
+        seed=seed,
+        dataloader_drop_last=True,
+        disable_tqdm=False,
+    )
+    budget = TimeBudget(max_minutes)
+    trainer = SentenceTransformerTrainer(
+        model=student,
+        args=args,
+        train_dataset=train,
+        loss=MSELoss(student),
+        evaluator=heldout,
+        callbacks=[budget, EarlyStoppingCallback(early_stopping_patience=3)],
+    )
+    resume = _last_checkpoint(work)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    stopped = (
+        "time budget"
+        if budget.hit
+        else ("early stopping" if state.global_step < state.max_steps else "epochs done")
+    )
+    return {
+        "steps": int(state.global_step),
+        "max_steps": int(state.max_steps),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "resumed_from": resume,
+        "stopped_by": stopped,
+        "best_checkpoint": state.best_model_checkpoint,
+    }

@@ -1,0 +1,128 @@
+"""Encoders: turn texts into L2-normalised float32 vectors.
+
+`load_encoder` resolves a model name or folder (see `search.assets`) and returns the
+fastest artifact the folder holds unless a backend is forced: ONNX int8, then ONNX
+fp32 (files under ``onnx/`` written by ``distill``), then torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from search.assets import model_hash, resolve_model
+from search.types import AssetError
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8")
+
+
+class Encoder(Protocol):
+    """What the indexer, retriever and evaluation need from a model."""
+
+    name: str
+    model_hash: str
+    dim: int
+    backend: str
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 32, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed texts.
+
+        Returns:
+            float32 array of shape (len(texts), dim), rows L2-normalised.
+        """
+        ...
+
+
+def _offline() -> None:
+    # Nothing is downloaded at run time: models come from local folders only.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class TorchEncoder:
+    """A `SentenceTransformer` on the CPU (or `device`), normalising its output."""
+
+    backend = "torch"
+
+    def __init__(self, folder: Path, *, name: str | None = None, device: str = "cpu") -> None:
+        _offline()
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on every load
+
+        self.folder = folder
+        self.name = name or folder.name
+        self.model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+        self.model_hash = model_hash(folder)
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise AssetError(f"{folder}: cannot tell the embedding dimension of this model")
+        self.dim = int(dim)
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 32, show_progress: bool = False
+    ) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+def available_backends(folder: Path) -> list[str]:
+    """Backends a model folder supports, fastest first."""
+    found = []
+    if (folder / "onnx" / "model_int8.onnx").is_file():
+        found.append("onnx-int8")
+    if (folder / "onnx" / "model.onnx").is_file():
+        found.append("onnx")
+    found.append("torch")
+    return found
+
+
+def load_encoder(
+    name_or_path: str | Path, *, backend: Backend = "auto", batch_size: int | None = None
+) -> Encoder:
+    """Load an encoder by model name or folder.
+
+    Args:
+        name_or_path: A model name known to `search.assets` or a model folder.
+        backend: ``auto`` picks the fastest artifact the folder holds
+            (ONNX int8 > ONNX > torch); the others force one and fail if it is absent.
+        batch_size: Unused here; kept for call sites that configure encoders uniformly.
+
+    Raises:
+        AssetError: the model cannot be resolved, or the forced backend is absent.
+    """
+    if backend not in BACKENDS:
+        raise AssetError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    folder = resolve_model(name_or_path)
+    name = str(name_or_path) if not Path(name_or_path).exists() else folder.name
+    choices = available_backends(folder)
+    chosen = choices[0] if backend == "auto" else backend
+    if chosen not in choices:
+        raise AssetError(
+            f"{folder} has no {chosen} artifact (has: {', '.join(choices)}); "
+            "export one with `distilsearch distill` or pass --backend torch"
+        )
+    if chosen == "torch":
+        return TorchEncoder(folder, name=name)
+    from search.onnx_encoder import OnnxEncoder
+
+    return OnnxEncoder(folder, name=name, quantized=chosen == "onnx-int8")

@@ -1,0 +1,127 @@
+"""Shared fixtures: a tiny random transformer, a small real SciFact slice, a temp cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SCIFACT = Path(os.environ.get("DISTILSEARCH_DATA", SHARED / "beir")) / "scifact"
+MSMARCO = SHARED / "text" / "msmarco-queries.txt"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test session gets its own embedding cache; model assets stay shared.
+
+    The reassembled teacher lives in the user's cache (reassembling 440 MB per test
+    would be slow), so only the embeddings cache is redirected.
+    """
+    monkeypatch.setenv("DISTILSEARCH_EMBED_CACHE", str(tmp_path_factory.getbasetemp() / "emb"))
+
+
+def _build_tiny(folder: Path, dim: int = 32, layers: int = 2) -> Path:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from search.assets import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_model("all-MiniLM-L6-v2")))
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=dim,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * dim,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    raw = folder / "raw"
+    BertModel(config).save_pretrained(raw)
+    tok.save_pretrained(raw)
+    word = models.Transformer(str(raw), max_seq_length=64)
+    st = SentenceTransformer(
+        modules=[word, models.Pooling(dim, "mean"), models.Normalize()], device="cpu"
+    )
+    out = folder / "tiny-model"
+    st.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved sentence-transformers folder: random 2-layer BERT, 32-d, mean pooling."""
+    return _build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like `tiny_model` but 64-d (a 'teacher' whose dim differs from the student's)."""
+    return _build_tiny(tmp_path_factory.mktemp("tiny64"), dim=64)
+
+
+@pytest.fixture(scope="session")
+def scifact() -> Path:
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact not found at {SCIFACT}")
+    return SCIFACT
+
+
+@pytest.fixture(scope="session")
+def scifact_slice(tmp_path_factory: pytest.TempPathFactory, scifact: Path) -> Path:
+    """A BEIR folder: 20 test queries, their relevant documents plus 60 others."""
+    out = tmp_path_factory.mktemp("scifact-slice")
+    (out / "qrels").mkdir()
+    qrels_lines = (scifact / "qrels" / "test.tsv").read_text().splitlines()
+    header, rows = qrels_lines[0], [r.split("\t") for r in qrels_lines[1:]]
+    qids = list(dict.fromkeys(r[0] for r in rows))[:20]
+    keep_rows = [r for r in rows if r[0] in qids]
+    rel_docs = {r[1] for r in keep_rows}
+    docs = []
+    with open(scifact / "corpus.jsonl") as fh:
+        for line in fh:
+            doc = json.loads(line)
+            if doc["_id"] in rel_docs or len(docs) < len(rel_docs) + 60:
+                docs.append(doc)
+    (out / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries = [json.loads(x) for x in (scifact / "queries.jsonl").read_text().splitlines()]
+    (out / "queries.jsonl").write_text(
+        "".join(json.dumps(q) + "\n" for q in queries if q["_id"] in qids)
+    )
+    (out / "qrels" / "test.tsv").write_text(
+        "\n".join([header, *("\t".join(r) for r in keep_rows)]) + "\n"
+    )
+    return out
+
+
+@pytest.fixture
+def small_jsonl(tmp_path: Path) -> Path:
+    """Eight short documents as JSONL, two topics."""
+    docs = [
+        ("d1", "Cats", "Cats are small domesticated felines that purr."),
+        ("d2", "Dogs", "Dogs are loyal animals kept as pets and for herding."),
+        ("d3", "Kittens", "A kitten is a young cat; kittens play a lot."),
+        ("d4", "Puppies", "A puppy is a young dog that needs training."),
+        ("d5", "Python", "Python is a programming language with dynamic typing."),
+        ("d6", "Rust", "Rust is a systems programming language with ownership."),
+        ("d7", "Compilers", "A compiler translates source code into machine code."),
+        ("d8", "", "Interpreters execute programs line by line."),
+    ]
+    path = tmp_path / "docs.jsonl"
+    path.write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs)
+    )
+    return path

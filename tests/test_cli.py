@@ -1,0 +1,87 @@
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from api.cli import app
+
+runner = CliRunner()
+
+
+def _err_line(result) -> str:  # type: ignore[no-untyped-def]
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_missing_data_exits_2_with_one_line(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["eval", "--model", "bm25", "--data", str(tmp_path / "nope")])
+    assert r.exit_code == 2
+    assert _err_line(r).startswith("error: --data") and "no such file" in r.stderr
+
+
+def test_unknown_model_exits_2(scifact_slice: Path) -> None:
+    r = runner.invoke(app, ["eval", "--model", "not-a-model", "--data", str(scifact_slice)])
+    assert r.exit_code == 2 and "unknown model 'not-a-model'" in _err_line(r)
+
+
+def test_search_on_a_folder_that_is_no_index(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["search", "--index", str(tmp_path), "hello"])
+    assert r.exit_code == 2 and "not an index folder" in _err_line(r)
+
+
+def test_bad_factory_and_bad_k(tiny_model: Path, small_jsonl: Path, tmp_path: Path) -> None:
+    r = runner.invoke(
+        app,
+        [
+            "index",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(small_jsonl),
+            "--out",
+            str(tmp_path / "i"),
+            "--factory",
+            "Bogus",
+        ],
+    )
+    assert r.exit_code == 2 and "FAISS cannot build factory string 'Bogus'" in _err_line(r)
+    r = runner.invoke(app, ["search", "--index", str(tmp_path / "i"), "x", "-k", "0"])
+    assert r.exit_code == 2 and "-k must be at least 1" in _err_line(r)
+
+
+def test_index_search_eval_json(tiny_model: Path, scifact_slice: Path, tmp_path: Path) -> None:
+    idx = tmp_path / "idx"
+    r = runner.invoke(
+        app, ["index", "--model", str(tiny_model), "--data", str(scifact_slice), "--out", str(idx)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "indexed" in r.stdout
+    r = runner.invoke(app, ["search", "--index", str(idx), "cancer risk", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.stdout)["hits"]
+    assert len(hits) == 3 and {"id", "score", "title", "snippet"} <= set(hits[0])
+    r = runner.invoke(
+        app, ["eval", "--model", str(tiny_model), "--data", str(scifact_slice), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    for key in (
+        "ndcg@10",
+        "recall@100",
+        "map@100",
+        "mrr@10",
+        "num_queries",
+        "num_docs",
+        "model",
+        "docs_per_s",
+    ):
+        assert key in report
+    assert report["num_queries"] == 20
+    # Second run: corpus from the cache, docs/s from the cache's timing.
+    again = json.loads(
+        runner.invoke(
+            app, ["eval", "--model", str(tiny_model), "--data", str(scifact_slice), "--json"]
+        ).stdout
+    )
+    assert again["ndcg@10"] == report["ndcg@10"] and again["docs_per_s_source"] == "cache"

@@ -1,0 +1,57 @@
+import json
+from pathlib import Path
+
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from distill.config import DistillConfig
+from distill.run import REPORT, distill
+
+
+def _config(teacher: Path, student: str, data: Path, out: Path, **kw: object) -> DistillConfig:
+    base = dict(
+        max_minutes=5.0, max_texts=40, generic_texts=None, batch_size=4, eval_steps=4, lr=1e-3
+    )
+    base.update(kw)
+    return DistillConfig(teacher=str(teacher), student=student, data=data, out=out, **base)  # type: ignore[arg-type]
+
+
+def test_smaller_student_learns_pca_targets(
+    tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "student"
+    report = distill(
+        _config(tiny_model_64, str(tiny_model), scifact_slice, out, epochs=3.0, max_texts=120), progress=False
+    )
+    loaded = SentenceTransformer(str(out), device="cpu")
+    assert loaded.get_embedding_dimension() == 32
+    saved = json.loads((out / REPORT).read_text())
+    assert saved["student_hash"] and saved["teacher"] == str(tiny_model_64)
+    assert 0 < saved["target_map_explained"] < 1
+    fid = report["fidelity"]
+    assert fid["after"]["cosine"] > fid["before"]["cosine"]  # training moved it towards the teacher
+    assert report["steps"] > 0 and (out / "README.md").read_text().startswith(
+        "# distilsearch student"
+    )
+    assert not (tmp_path / ".student.work").exists()
+
+
+def test_layer_subset_student(tiny_model_64: Path, scifact_slice: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sub"
+    report = distill(
+        _config(tiny_model_64, "x:layers=1", scifact_slice, out, epochs=1.0), progress=False
+    )
+    loaded = SentenceTransformer(str(out), device="cpu")
+    assert loaded[0].auto_model.config.num_hidden_layers == 1
+    assert report["params"]["student"] < report["params"]["teacher"]
+    assert report["target_map_explained"] == 1.0
+
+
+def test_bad_config_is_refused(tiny_model: Path, scifact_slice: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="the teacher has 2 layers"):
+        distill(_config(tiny_model, "x:layers=0,5", scifact_slice, tmp_path / "o"), progress=False)
+    with pytest.raises(ValueError, match="--max-minutes must be > 0"):
+        distill(
+            _config(tiny_model, "x:layers=0", scifact_slice, tmp_path / "o", max_minutes=0),
+            progress=False,
+        )

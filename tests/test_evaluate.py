@@ -1,0 +1,53 @@
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.corpus import load_beir
+from search.evaluate import evaluate, exact_search, per_query_ndcg, score_results
+from search.types import DataError
+
+
+def test_scores_match_hand_computed_values() -> None:
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}}
+    results = {"q1": {"a": 0.9, "x": 0.5}, "q2": {"x": 0.9, "b": 0.8}}
+    kept = copy.deepcopy(results)
+    got = score_results(qrels, results)
+    assert results == kept  # beir's evaluate mutates its input; ours must not
+    # q1: hit at rank 1 -> nDCG 1. q2: b at rank 2 of ideal [b, c]:
+    # DCG = 1/log2(3); IDCG = 1 + 1/log2(3).
+    q2 = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
+    assert got["ndcg@10"] == pytest.approx((1 + q2) / 2, abs=1e-5)
+    assert got["recall@100"] == pytest.approx((1 + 0.5) / 2)
+    assert got["mrr@10"] == pytest.approx((1 + 0.5) / 2)
+    assert per_query_ndcg(qrels, results)["q2"] == pytest.approx(q2, abs=1e-5)
+
+
+def test_exact_search_orders_by_inner_product() -> None:
+    docs = np.eye(3, dtype=np.float32)
+    q = np.array([[0.1, 0.9, 0.3]], dtype=np.float32)
+    res = exact_search(q, docs, ["q"], ["a", "b", "c"], k=2)
+    assert list(res["q"]) == ["b", "c"]
+
+
+def test_bm25_on_a_real_slice(scifact_slice: Path) -> None:
+    corpus, queries, qrels = load_beir(scifact_slice, "test")
+    report = evaluate(None, corpus, queries, qrels, progress=False)
+    assert report["num_queries"] == 20 and report["num_docs"] == len(corpus)
+    assert 0.3 < report["ndcg@10"] <= 1.0  # every relevant doc is in an 80-doc slice
+
+
+def test_tiny_model_eval_report_keys(tiny_model: Path, scifact_slice: Path) -> None:
+    from search.encoder import load_encoder
+
+    corpus, queries, qrels = load_beir(scifact_slice, "test")
+    report = evaluate(load_encoder(tiny_model), corpus, queries, qrels, progress=False)
+    for key in ("ndcg@10", "recall@100", "map@100", "mrr@10", "docs_per_s", "num_queries"):
+        assert key in report
+    assert report["docs_per_s"] > 0 and report["docs_per_s_source"] == "measured"
+
+
+def test_missing_split_names_the_ones_there(scifact_slice: Path) -> None:
+    with pytest.raises(DataError, match=r"no qrels/dev.tsv; pass --split with one of: test"):
+        load_beir(scifact_slice, "dev")
