@@ -1,0 +1,155 @@
+"""The BM25 side of an index folder, reading side.
+
+An index folder may hold a ``bm25/`` folder beside ``index.faiss`` (written by
+`indexer.bm25.write_bm25`)::
+
+    bm25/           bm25s's saved index (vocab, CSC score matrix, params)
+    bm25/rows.npy   int64, shape (n,): BM25 document i is doc-store ``row`` rows[i]
+    bm25/meta.json  tokenizer (stopwords, stemmer), count, sha256 of the docs.sqlite
+                    it was built from (a stale BM25 index is refused on load)
+
+Tokenisation lives here so the writer and the reader cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.assets import sha256_file
+from search.index_folder import DOCSTORE_FILE
+from search.types import DataError
+
+logger = logging.getLogger(__name__)
+
+BM25_DIR = "bm25"
+ROWS_FILE = "rows.npy"
+META_FILE = "meta.json"
+BM25_FORMAT_VERSION = 1
+STOPWORDS = "en"
+STEMMER_LANGUAGE = "english"
+
+
+def make_stemmer(language: str | None = STEMMER_LANGUAGE) -> Any:
+    """A Snowball stemmer from PyStemmer, or None when `language` is None or it is absent."""
+    if language is None:
+        return None
+    try:
+        import Stemmer  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return Stemmer.Stemmer(language)
+
+
+def tokenize(texts: Sequence[str], stemmer: Any) -> list[list[str]]:
+    """Lower-cased word tokens without English stopwords, stemmed when `stemmer` is given.
+
+    The same rules as `search.evaluate.bm25_results` (bm25s's tokenizer).
+    """
+    import bm25s
+
+    tokens = bm25s.tokenize(
+        list(texts), stopwords=STOPWORDS, stemmer=stemmer, return_ids=False, show_progress=False
+    )
+    return [[t for t in doc if t] for doc in tokens]  # type: ignore[union-attr]
+
+
+@dataclass
+class BM25Index:
+    """A loaded BM25 index whose documents are doc-store rows.
+
+    Attributes:
+        model: The bm25s model.
+        rows: int64 array, shape (count,): doc-store row of each BM25 document.
+        meta: Parsed ``meta.json``.
+        stemmer: The stemmer queries are tokenised with (None: no stemming).
+    """
+
+    model: Any
+    rows: np.ndarray
+    meta: dict[str, Any]
+    stemmer: Any
+
+    @property
+    def count(self) -> int:
+        return int(self.rows.shape[0])
+
+    def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best documents for `query` by BM25 score.
+
+        Documents that share no term with the query are left out, so fewer than `k`
+        (possibly none) come back.
+
+        Returns:
+            (doc-store rows, int64, shape (m,); scores, float32, shape (m,)), best first.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        ids = self.model.get_tokens_ids(tokenize([query], self.stemmer)[0])
+        if not ids:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        scores = np.asarray(self.model.get_scores_from_ids(ids), dtype=np.float32)
+        k = min(k, scores.shape[0])
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top[scores[top] > 0]
+        return self.rows[top], scores[top]
+
+
+def has_bm25(index_dir: Path) -> bool:
+    """Whether `index_dir` holds a BM25 index."""
+    return (index_dir / BM25_DIR / META_FILE).is_file()
+
+
+def load_bm25(index_dir: Path, *, verify: bool = True) -> BM25Index:
+    """Load ``index_dir/bm25``.
+
+    Args:
+        index_dir: The index folder.
+        verify: Refuse a BM25 index built from another version of ``docs.sqlite``
+            (compares sha256 digests; reads the file once).
+
+    Raises:
+        DataError: no BM25 index, a stale one, or one that needs PyStemmer when it
+            is not installed.
+    """
+    import bm25s
+
+    folder = index_dir / BM25_DIR
+    if not has_bm25(index_dir):
+        raise DataError(
+            f"{index_dir} has no BM25 index ({BM25_DIR}/{META_FILE} missing); build it with "
+            "`indexer.bm25.write_bm25(index_dir)`"
+        )
+    meta: dict[str, Any] = json.loads((folder / META_FILE).read_text())
+    if meta.get("format_version") != BM25_FORMAT_VERSION:
+        raise DataError(
+            f"{folder}: BM25 format {meta.get('format_version')} is not supported "
+            f"(expected {BM25_FORMAT_VERSION}); rebuild it with `write_bm25`"
+        )
+    if verify and meta.get("docs_sha256") != sha256_file(index_dir / DOCSTORE_FILE):
+        raise DataError(
+            f"{folder} was built from another version of docs.sqlite; rebuild it with "
+            "`indexer.bm25.write_bm25(index_dir)`"
+        )
+    stemmer = make_stemmer(meta.get("stemmer"))
+    if meta.get("stemmer") and stemmer is None:
+        raise DataError(
+            f"{folder} was built with the {meta['stemmer']} stemmer but PyStemmer is not "
+            "installed; install it with `pip install PyStemmer`"
+        )
+    model = bm25s.BM25.load(str(folder), load_corpus=False, show_progress=False)
+    rows = np.load(folder / ROWS_FILE).astype(np.int64)
+    if rows.shape[0] != int(model.scores["num_docs"]):
+        raise DataError(
+            f"{folder}: {ROWS_FILE} has {rows.shape[0]} rows but the BM25 index has "
+            f"{model.scores['num_docs']} documents; rebuild it with `write_bm25`"
+        )
+    logger.info("loaded BM25 index of %d documents from %s", rows.shape[0], folder)
+    return BM25Index(model, rows, meta, stemmer)

@@ -1,0 +1,138 @@
+"""Hybrid search: fuse a dense ranking and a BM25 ranking into one.
+
+Pure functions over ranked ``(key, score)`` lists, best first. Two methods:
+
+- ``rrf`` (reciprocal rank fusion): ``w / (c + rank_dense) + (1 - w) / (c + rank_bm25)``,
+  ranks from 1; a document absent from a list gets nothing from it.
+- ``convex``: ``w * minmax(dense) + (1 - w) * minmax(bm25)``, each list min-max
+  normalised to [0, 1] on its own; a document absent from a list gets 0 from it.
+
+``w`` is the dense weight in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from enum import Enum
+from typing import TypeVar
+
+from search.types import Results
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Fusion(str, Enum):
+    """How the two rankings are combined."""
+
+    RRF = "rrf"
+    CONVEX = "convex"
+
+
+RRF_C = 60
+
+
+def _fusion(method: Fusion | str) -> Fusion:
+    try:
+        return Fusion(method)
+    except ValueError:
+        choices = ", ".join(f.value for f in Fusion)
+        raise ValueError(f"unknown fusion method {method!r}; use one of {choices}") from None
+
+
+def _validate(weight: float, c: int) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1] (the dense share), got {weight}")
+    if c < 0:
+        raise ValueError(f"the RRF constant must be at least 0, got {c}")
+
+
+def _ranked(scores: dict[K, float], order: list[K]) -> list[tuple[K, float]]:
+    """Best first; ties keep first-seen order."""
+    pos = {key: i for i, key in enumerate(order)}
+    return sorted(scores.items(), key=lambda kv: (-kv[1], pos[kv[0]]))
+
+
+def _first_seen(*lists: Sequence[tuple[K, float]]) -> list[K]:
+    return list(dict.fromkeys(key for ranked in lists for key, _ in ranked))
+
+
+def rrf(
+    dense: Sequence[tuple[K, float]],
+    sparse: Sequence[tuple[K, float]],
+    *,
+    weight: float = 0.5,
+    c: int = RRF_C,
+) -> list[tuple[K, float]]:
+    """Weighted reciprocal rank fusion of two rankings (best first); scores are ignored.
+
+    Returns:
+        ``(key, fused score)`` for every key in either list, best first.
+    """
+    _validate(weight, c)
+    fused: dict[K, float] = {}
+    for share, ranked in ((weight, dense), (1.0 - weight, sparse)):
+        for rank, (key, _) in enumerate(ranked, start=1):
+            fused[key] = fused.get(key, 0.0) + share / (c + rank)
+    return _ranked(fused, _first_seen(dense, sparse))
+
+
+def min_max(scores: Sequence[float]) -> list[float]:
+    """Scale to [0, 1] by ``(s - min) / (max - min)``; all-equal scores become 1.0."""
+    if not scores:
+        return []
+    lo, hi = min(scores), max(scores)
+    if hi == lo:
+        return [1.0] * len(scores)
+    return [(s - lo) / (hi - lo) for s in scores]
+
+
+def convex(
+    dense: Sequence[tuple[K, float]],
+    sparse: Sequence[tuple[K, float]],
+    *,
+    weight: float = 0.5,
+) -> list[tuple[K, float]]:
+    """``weight * minmax(dense) + (1 - weight) * minmax(sparse)``, best first."""
+    _validate(weight, 0)
+    fused: dict[K, float] = {}
+    for share, ranked in ((weight, dense), (1.0 - weight, sparse)):
+        for (key, _), norm in zip(ranked, min_max([s for _, s in ranked]), strict=True):
+            fused[key] = fused.get(key, 0.0) + share * norm
+    return _ranked(fused, _first_seen(dense, sparse))
+
+
+def fuse(
+    dense: Sequence[tuple[K, float]],
+    sparse: Sequence[tuple[K, float]],
+    *,
+    method: Fusion | str = Fusion.RRF,
+    weight: float = 0.5,
+    c: int = RRF_C,
+) -> list[tuple[K, float]]:
+    """Fuse two rankings with `method` (``rrf`` or ``convex``); see the module doc."""
+    method = _fusion(method)
+    if method is Fusion.RRF:
+        return rrf(dense, sparse, weight=weight, c=c)
+    return convex(dense, sparse, weight=weight)
+
+
+def fuse_results(
+    dense: Results,
+    sparse: Results,
+    *,
+    method: Fusion | str = Fusion.RRF,
+    weight: float = 0.5,
+    c: int = RRF_C,
+    k: int = 100,
+) -> Results:
+    """Fuse BEIR result dicts query by query, keeping the top `k` of each.
+
+    Queries missing from one side are fused with an empty ranking. Inputs are not
+    modified.
+    """
+    out: Results = {}
+    for qid in dict.fromkeys([*dense, *sparse]):
+        d = sorted(dense.get(qid, {}).items(), key=lambda kv: -kv[1])
+        s = sorted(sparse.get(qid, {}).items(), key=lambda kv: -kv[1])
+        out[qid] = dict(fuse(d, s, method=method, weight=weight, c=c)[:k])
+    return out

@@ -1,0 +1,70 @@
+"""Fusion of dense and BM25 rankings, checked against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.hybrid import convex, fuse, fuse_results, min_max, rrf
+
+DENSE = [("a", 0.9), ("b", 0.8), ("c", 0.5)]
+SPARSE = [("c", 12.0), ("d", 6.0), ("a", 3.0)]
+
+
+def test_rrf_by_hand() -> None:
+    got = dict(rrf(DENSE, SPARSE, weight=0.5, c=60))
+    # a: 0.5/61 + 0.5/63; b: 0.5/62; c: 0.5/63 + 0.5/61; d: 0.5/62
+    assert got["a"] == pytest.approx(0.5 / 61 + 0.5 / 63)
+    assert got["c"] == pytest.approx(0.5 / 63 + 0.5 / 61)
+    assert got["b"] == pytest.approx(0.5 / 62)
+    assert got["d"] == pytest.approx(0.5 / 62)
+
+
+def test_rrf_order_and_ties_keep_first_seen() -> None:
+    keys = [k for k, _ in rrf(DENSE, SPARSE)]
+    # a and c tie (both ranks 1 and 3), a seen first; b and d tie, b seen first.
+    assert keys == ["a", "c", "b", "d"]
+
+
+def test_rrf_weight_one_is_the_dense_ranking() -> None:
+    keys = [k for k, s in rrf(DENSE, SPARSE, weight=1.0) if s > 0]
+    assert keys == ["a", "b", "c"]
+
+
+def test_min_max() -> None:
+    assert min_max([3.0, 1.0, 2.0]) == [1.0, 0.0, 0.5]
+    assert min_max([7.0, 7.0]) == [1.0, 1.0]
+    assert min_max([]) == []
+
+
+def test_convex_by_hand() -> None:
+    got = dict(convex(DENSE, SPARSE, weight=0.4))
+    # dense normalised: a 1, b 0.75, c 0; sparse normalised: c 1, d 1/3, a 0
+    assert got["a"] == pytest.approx(0.4 * 1.0 + 0.6 * 0.0)
+    assert got["b"] == pytest.approx(0.4 * 0.75)
+    assert got["c"] == pytest.approx(0.4 * 0.0 + 0.6 * 1.0)
+    assert got["d"] == pytest.approx(0.6 * (6 - 3) / (12 - 3))
+    assert [k for k, _ in convex(DENSE, SPARSE, weight=0.4)] == ["c", "a", "b", "d"]
+
+
+def test_fuse_dispatches_and_validates() -> None:
+    assert fuse(DENSE, SPARSE, method="rrf") == rrf(DENSE, SPARSE)
+    assert fuse(DENSE, SPARSE, method="convex", weight=0.3) == convex(DENSE, SPARSE, weight=0.3)
+    with pytest.raises(ValueError, match="rrf"):
+        fuse(DENSE, SPARSE, method="sum")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        rrf(DENSE, SPARSE, weight=1.5)
+
+
+def test_empty_side() -> None:
+    assert [k for k, _ in convex(DENSE, [], weight=0.5)] == ["a", "b", "c"]
+    assert rrf([], []) == []
+
+
+def test_fuse_results_keeps_inputs_and_cuts_at_k() -> None:
+    dense = {"q1": dict(DENSE)}
+    sparse = {"q1": dict(SPARSE), "q2": {"x": 1.0}}
+    before = (repr(dense), repr(sparse))
+    out = fuse_results(dense, sparse, method="rrf", k=2)
+    assert list(out["q1"]) == ["a", "c"]
+    assert list(out["q2"]) == ["x"]
+    assert (repr(dense), repr(sparse)) == before
