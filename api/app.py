@@ -2,14 +2,61 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
-from api.routes import health, search
+from api.batching import MicroBatcher, OverloadedError
+from api.engine import Engine, EngineHolder, load_engine
+from api.metrics import Metrics
+from api.middleware import BodyGuardMiddleware, MetricsMiddleware
+from api.routes import admin, documents, health, info, search, ui
+from api.service import Service
 from api.settings import Settings
+from search.bm25_index import has_bm25, load_bm25
 from search.retriever import Retriever
+from search.types import DistilsearchError
+
+logger = logging.getLogger(__name__)
+
+
+def _engine_for(retriever: Retriever) -> Engine:
+    """An engine around a retriever the caller owns (the service will not close it)."""
+    path = retriever.folder.path
+    if not has_bm25(path):
+        return Engine(
+            retriever, None, f"index {path} has no BM25 index (no bm25/ folder)", owned=False
+        )
+    try:
+        return Engine(retriever, load_bm25(path), None, owned=False)
+    except DistilsearchError as exc:
+        return Engine(retriever, None, str(exc), owned=False)
+
+
+def _set_torch_threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+async def _overloaded(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    # The last resort: tests show no request reaches it. Logged with its traceback;
+    # the client learns nothing about the internals.
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"detail": "internal server error; the server log has the details"}, status_code=500
+    )
 
 
 def create_app(settings: Settings, *, retriever: Retriever | None = None) -> FastAPI:
@@ -18,24 +65,59 @@ def create_app(settings: Settings, *, retriever: Retriever | None = None) -> Fas
     Args:
         settings: Service settings.
         retriever: An already loaded retriever (tests); otherwise one is opened from
-            ``settings.index_dir`` when the app starts.
+            ``settings.index_dir`` when the app starts. A retriever passed in is not
+            closed by the app; ``/admin/reload`` still loads ``settings.index_dir``.
     """
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.retriever = retriever or Retriever.open(
-            settings.index_dir,
-            model=settings.model,
-            backend=settings.backend,  # type: ignore[arg-type]
+        _set_torch_threads(settings.torch_threads)
+        holder = EngineHolder()
+        if retriever is not None:
+            engine = _engine_for(retriever)
+        else:
+            engine = await run_in_threadpool(
+                load_engine, settings.index_dir, model=settings.model, backend=settings.backend
+            )
+        holder.swap(engine)
+        batcher = MicroBatcher(
+            max_batch=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            max_queue=settings.max_queue,
+            on_batch=metrics.observe_batch,
         )
+        batcher.start()
+        service = Service(settings, holder, batcher, metrics)
+        service.observe_engine(engine)
+        app.state.service = service
         try:
             yield
         finally:
-            if retriever is None:
-                app.state.retriever.close()
+            batcher.stop()
+            holder.swap(None)
+            app.state.service = None
 
-    app = FastAPI(title="distilsearch", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="distilsearch",
+        version="0.1.0",
+        description="Semantic search with a distilled encoder: dense, BM25 and hybrid.",
+        lifespan=lifespan,
+    )
     app.state.settings = settings
-    app.include_router(health.router)
-    app.include_router(search.router)
+    app.state.service = None
+    for module in (health, search, documents, admin, info, ui):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+    app.add_exception_handler(OverloadedError, _overloaded)
+    app.add_exception_handler(Exception, _server_error)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "X-API-Key"],
+        )
     return app

@@ -1,26 +1,82 @@
-"""FastAPI dependencies as `Annotated` aliases."""
+"""FastAPI dependencies as `Annotated` aliases.
+
+They are ``async def`` so FastAPI runs them on the event loop rather than sending
+each one to the thread pool.
+"""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
 
+from api.engine import Engine, NotLoadedError
+from api.service import Service
 from api.settings import Settings
 from search.retriever import Retriever
 
+API_KEY_HEADER = "X-API-Key"
+_api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
 
-def get_settings(request: Request) -> Settings:
+
+async def get_service(request: Request) -> Service:
+    service: Service | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise HTTPException(status_code=503, detail="the service is starting; retry shortly")
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_retriever(request: Request) -> Retriever:
-    retriever: Retriever | None = getattr(request.app.state, "retriever", None)
-    if retriever is None:
-        raise HTTPException(status_code=503, detail="the index is not loaded yet")
-    return retriever
+async def get_engine(service: ServiceDep) -> AsyncIterator[Engine]:
+    """A lease on the current engine for the whole request (a reload cannot close it)."""
+    try:
+        engine = service.holder.acquire()
+    except NotLoadedError as exc:
+        raise HTTPException(status_code=503, detail=f"{exc}; retry shortly") from exc
+    try:
+        yield engine
+    finally:
+        service.holder.release(engine)
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+async def get_retriever(engine: EngineDep) -> Retriever:
+    return engine.retriever
+
+
+async def require_admin(
+    settings: Annotated[Settings, Depends(get_settings)],
+    key: Annotated[str | None, Security(_api_key)],
+) -> None:
+    """Let a request through only with the configured API key (constant-time compare)."""
+    if settings.api_key is None:
+        raise HTTPException(
+            status_code=403,
+            detail="admin endpoints are off; set DISTILSEARCH_API_KEY on the server to enable them",
+        )
+    if not key:
+        raise HTTPException(
+            status_code=401,
+            detail=f"send the API key in the {API_KEY_HEADER} header",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )
+    expected = settings.api_key.get_secret_value().encode()
+    if not secrets.compare_digest(key.encode(), expected):
+        raise HTTPException(status_code=403, detail="wrong API key")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RetrieverDep = Annotated[Retriever, Depends(get_retriever)]
+AdminDep = Depends(require_admin)

@@ -2,29 +2,148 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
+Mode = Literal["dense", "bm25", "hybrid"]
+MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, description="The query text.")
-    k: int = Field(10, ge=1, description="Number of hits (at most the service's max_k).")
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SearchRequest(_Strict):
+    query: str = Field(min_length=1, description="The query text (at most max_query_chars).")
+    k: int | None = Field(
+        None,
+        ge=1,
+        description="Number of hits, at most the service's max_k; default 10 (or max_k).",
+    )
+    mode: Mode = Field(
+        "dense", description="dense: embeddings; bm25: keywords; hybrid: both fused."
+    )
+
+
+class BatchSearchRequest(_Strict):
+    queries: list[str] = Field(
+        min_length=1, description="Query texts (at most max_batch_queries of them)."
+    )
+    k: int | None = Field(
+        None, ge=1, description="Hits per query, at most max_k; default 10 (or max_k)."
+    )
+    mode: Mode = Field(
+        "dense", description="dense: embeddings; bm25: keywords; hybrid: both fused."
+    )
 
 
 class HitOut(BaseModel):
     id: str
-    score: float = Field(description="Cosine similarity of query and document.")
+    score: float = Field(
+        description="dense: cosine similarity; bm25: BM25 score; hybrid: fused score."
+    )
     title: str
     snippet: str
+
+
+class Timing(BaseModel):
+    """Where the time went, in milliseconds. Encoding and FAISS times are those of the
+    whole micro-batch the query was part of."""
+
+    queue_ms: float = 0.0
+    encode_ms: float = 0.0
+    search_ms: float = 0.0
+    bm25_ms: float = 0.0
+    fusion_ms: float = 0.0
+    batch_size: int = 0
 
 
 class SearchResponse(BaseModel):
     query: str
     k: int
+    mode: Mode
     hits: list[HitOut]
+    took_ms: float = Field(description="Server time for this query, in milliseconds.")
+    timing: Timing
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse]
+    took_ms: float
+
+
+class DocumentIn(_Strict):
+    id: str = Field(min_length=1, max_length=512, description="The document's id.")
+    title: str = Field("", description="Title; may be empty.")
+    text: str = Field(min_length=1, description="Body text.")
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str
+    text: str
+
+
+class UpsertRequest(_Strict):
+    documents: list[DocumentIn] = Field(
+        min_length=1, description="Documents to add or replace (at most max_upsert_docs)."
+    )
+
+
+class UpdateResult(BaseModel):
+    """What an admin write did, and the index generation now served."""
+
+    added: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    missing: int = 0
+    count: int = Field(description="Documents in the index now.")
+    generation: int
+    took_ms: float
+
+
+class ReloadResult(BaseModel):
+    generation: int
+    index_dir: str
+    count: int
+    bm25: bool
     took_ms: float
 
 
 class Health(BaseModel):
     status: str
+
+
+class Ready(BaseModel):
+    status: str
+    generation: int
+    count: int
+
+
+class Info(BaseModel):
+    model: dict[str, Any] = Field(description="Name, hash, dim and backend of the query encoder.")
+    index: dict[str, Any] = Field(description="FAISS index type, factory, size and folder.")
+    bm25: dict[str, Any] = Field(description="Whether hybrid/bm25 search is available, and why.")
+    limits: dict[str, Any]
+    manifest: dict[str, Any]
+    generation: int
+    loaded_at: float
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Bad request (see detail)."},
+    413: {"model": ErrorOut, "description": "Body too large."},
+    415: {"model": ErrorOut, "description": "Body is not JSON."},
+    503: {"model": ErrorOut, "description": "Not loaded, or overloaded; retry."},
+}
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    401: {"model": ErrorOut, "description": "No API key sent."},
+    403: {"model": ErrorOut, "description": "Wrong API key, or admin endpoints are off."},
+    409: {"model": ErrorOut, "description": "The index could not be loaded or updated."},
+}

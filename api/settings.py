@@ -3,20 +3,68 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_API_KEY_CHARS = 16
 
 
 class Settings(BaseSettings):
-    """Settings of the HTTP service. No global instance: `create_app` takes one."""
+    """Settings of the HTTP service. No global instance: `create_app` takes one.
+
+    Every field can be set as ``DISTILSEARCH_<NAME>`` (e.g. ``DISTILSEARCH_MAX_K=50``);
+    list fields take JSON (``DISTILSEARCH_CORS_ORIGINS='["https://a.example"]'``).
+    """
 
     model_config = SettingsConfigDict(env_prefix="DISTILSEARCH_", extra="ignore")
 
     index_dir: Path = Field(description="Index folder to serve.")
     model: str | None = Field(None, description="Query encoder; default: the index's model.")
     backend: str = Field("auto", description="auto|torch|onnx|onnx-int8")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Address to bind; loopback unless told.")
+    port: int = Field(8000, ge=0, le=65535)
+
+    # Request limits.
     max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
     max_query_chars: int = Field(2000, ge=1, description="Longest query accepted.")
+    max_batch_queries: int = Field(64, ge=1, description="Most queries in one /search/batch.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body (413).")
+    max_upsert_docs: int = Field(1000, ge=1, description="Most documents in one POST /documents.")
+    max_doc_chars: int = Field(100_000, ge=1, description="Longest title + text accepted.")
+
+    # Micro-batching of query encoding.
+    batch_max_size: int = Field(32, ge=1, description="Most queries encoded together; 1: off.")
+    batch_max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a batch waits for more queries under load."
+    )
+    max_queue: int = Field(1024, ge=1, description="Queued queries before 503 (overload).")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; default: torch's choice."
+    )
+
+    # Hybrid search.
+    # Defaults chosen on SciFact's train split (all-MiniLM-L6-v2): convex 0.5 > rrf.
+    hybrid_fusion: Literal["rrf", "convex"] = Field("convex", description="How rankings fuse.")
+    hybrid_weight: float = Field(0.5, ge=0, le=1, description="Dense share of the fused score.")
+    hybrid_rrf_c: int = Field(60, ge=0, description="RRF constant c in 1/(c + rank).")
+    hybrid_depth: int = Field(100, ge=1, description="Candidates each side retrieves.")
+
+    # Safety.
+    api_key: SecretStr | None = Field(
+        None, description="Enables the admin endpoints (header X-API-Key); unset: they are off."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty: CORS off."
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_API_KEY_CHARS:
+            raise ValueError(
+                f"the API key must be at least {MIN_API_KEY_CHARS} characters; generate one "
+                'with `python -c "import secrets; print(secrets.token_urlsafe(32))"`'
+            )
+        return value

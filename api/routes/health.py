@@ -1,13 +1,25 @@
-"""Liveness."""
+"""Liveness and readiness."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-from api.schemas import Health
+from fastapi import APIRouter, HTTPException
+
+from api.deps import ServiceDep
+from api.schemas import ERRORS, Health, Ready
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health)
-def health() -> Health:
-    """The process is up."""
+async def health() -> Health:
+    """The process is up (it may still be loading)."""
     return Health(status="ok")
+
+
+@router.get("/ready", response_model=Ready, responses={503: ERRORS[503]})
+async def ready(service: ServiceDep) -> Ready:
+    """The model and the index are loaded: searches will be answered."""
+    engine = service.holder.current
+    if engine is None:
+        raise HTTPException(status_code=503, detail="the index is not loaded yet")
+    return Ready(status="ready", generation=engine.generation, count=engine.retriever.folder.count)

@@ -1,40 +1,63 @@
-"""Search endpoints."""
+"""Search endpoints: one query (POST or GET) and batches."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query
 
-from api.deps import RetrieverDep, SettingsDep
-from api.schemas import HitOut, SearchRequest, SearchResponse
+from api.deps import EngineDep, ServiceDep
+from api.schemas import (
+    ERRORS,
+    BatchSearchRequest,
+    BatchSearchResponse,
+    Mode,
+    SearchRequest,
+    SearchResponse,
+)
+from api.service import check_k, check_query, invalid
 
 router = APIRouter(tags=["search"])
 
 
-@router.post("/search", response_model=SearchResponse)
-async def search(
-    body: SearchRequest, retriever: RetrieverDep, settings: SettingsDep
+@router.post("/search", response_model=SearchResponse, responses=ERRORS)
+async def search(body: SearchRequest, engine: EngineDep, service: ServiceDep) -> SearchResponse:
+    """The `k` best documents for `query`: by embeddings (dense), keywords (bm25) or both."""
+    query = check_query(body.query, service.settings, ("body", "query"))
+    k = check_k(body.k, service.settings, ("body", "k"))
+    return await service.search(engine, query, k, body.mode)
+
+
+@router.get("/search", response_model=SearchResponse, responses=ERRORS)
+async def search_get(
+    engine: EngineDep,
+    service: ServiceDep,
+    q: Annotated[str, Query(min_length=1, description="The query text.")],
+    k: Annotated[int | None, Query(ge=1, description="Number of hits; default 10.")] = None,
+    mode: Annotated[Mode, Query(description="dense, bm25 or hybrid.")] = "dense",
 ) -> SearchResponse:
-    """Dense search: the `k` documents most similar to `query`."""
-    query = body.query.strip()
-    if not query:
-        raise HTTPException(status_code=422, detail="query is empty or only whitespace")
-    if len(query) > settings.max_query_chars:
-        raise HTTPException(
-            status_code=422,
-            detail=f"query is {len(query)} characters; the limit is {settings.max_query_chars}",
+    """Like POST /search, with the query in the URL (`?q=...&k=...&mode=...`)."""
+    query = check_query(q, service.settings, ("query", "q"))
+    hits = check_k(k, service.settings, ("query", "k"))
+    return await service.search(engine, query, hits, mode)
+
+
+@router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS)
+async def search_batch(
+    body: BatchSearchRequest, engine: EngineDep, service: ServiceDep
+) -> BatchSearchResponse:
+    """Several queries in one request; their dense encodings share micro-batches."""
+    settings = service.settings
+    if len(body.queries) > settings.max_batch_queries:
+        raise invalid(
+            ("body", "queries"),
+            f"{len(body.queries)} queries; the limit is {settings.max_batch_queries} per batch",
+            len(body.queries),
         )
-    if body.k > settings.max_k:
-        raise HTTPException(
-            status_code=422, detail=f"k={body.k} is over the limit {settings.max_k}"
-        )
+    queries = [check_query(q, settings, ("body", "queries", i)) for i, q in enumerate(body.queries)]
+    k = check_k(body.k, settings, ("body", "k"))
     t0 = time.perf_counter()
-    hits = await run_in_threadpool(retriever.search, query, body.k)
-    return SearchResponse(
-        query=query,
-        k=body.k,
-        hits=[HitOut(id=h.id, score=h.score, title=h.title, snippet=h.snippet()) for h in hits],
-        took_ms=1000 * (time.perf_counter() - t0),
-    )
+    results = await asyncio.gather(*(service.search(engine, q, k, body.mode) for q in queries))
+    return BatchSearchResponse(results=list(results), took_ms=1000 * (time.perf_counter() - t0))

@@ -1,0 +1,217 @@
+"""Micro-batching of dense searches: many requests, one encoder call.
+
+Requests put their query on a bounded queue and await a future. One worker thread
+takes the first waiting query, then every query already queued behind it (up to
+``max_batch``); when that found company — the service is under load — it waits up
+to ``max_wait_ms`` for more. It then encodes the batch in one call and searches
+FAISS with all vectors at once. A lone query is never held back, so latency at
+low load is that of one-at-a-time encoding; ``max_batch=1`` turns batching off.
+The event loop never encodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from search.retriever import Retriever
+from search.types import Hit
+
+logger = logging.getLogger(__name__)
+
+
+class OverloadedError(RuntimeError):
+    """The queue is full; the caller should answer 503 and the client retry later."""
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """How one query's batch went.
+
+    Attributes:
+        size: Queries encoded together.
+        queue_ms: Time the query waited before its batch started.
+        encode_ms: Encoder time of the whole batch.
+        search_ms: FAISS + doc-store time of the whole batch.
+    """
+
+    size: int
+    queue_ms: float
+    encode_ms: float
+    search_ms: float
+
+
+@dataclass
+class _Job:
+    retriever: Retriever
+    query: str
+    k: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[tuple[list[Hit], BatchTiming]]
+    enqueued: float
+
+
+_STOP = object()
+
+
+def _resolve(
+    future: asyncio.Future[tuple[list[Hit], BatchTiming]],
+    result: tuple[list[Hit], BatchTiming] | None,
+    error: BaseException | None,
+) -> None:
+    if future.done():  # the request was cancelled (client went away)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)
+
+
+class MicroBatcher:
+    """Encodes and searches queries from concurrent requests in batches.
+
+    Args:
+        max_batch: Most queries per encoder call (1: no batching).
+        max_wait_ms: Longest wait for more queries once a batch has two or more.
+        max_queue: Queries that may wait; one more raises `OverloadedError`.
+        on_batch: Called on the worker thread after each batch with
+            ``(size, encode seconds, search seconds)`` (metrics).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 1024,
+        on_batch: Callable[[int, float, float], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError(
+                f"need max_batch >= 1, max_queue >= 1, max_wait_ms >= 0; got {max_batch}, "
+                f"{max_queue}, {max_wait_ms}"
+            )
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._queue: queue.Queue[_Job | object] = queue.Queue(maxsize=max_queue)
+        self._on_batch = on_batch
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the queued work, then stop the worker thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP, timeout=timeout)
+        self._thread.join(timeout)
+        self._thread = None
+
+    async def search(
+        self, retriever: Retriever, query: str, k: int
+    ) -> tuple[list[Hit], BatchTiming]:
+        """Top-`k` dense hits for `query` with `retriever`, batched with other requests.
+
+        Raises:
+            OverloadedError: too many queries are waiting.
+            RuntimeError: the batcher is not running.
+        """
+        if self._thread is None:
+            raise RuntimeError("the micro-batcher is not running")
+        loop = asyncio.get_running_loop()
+        job = _Job(retriever, query, k, loop, loop.create_future(), time.perf_counter())
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise OverloadedError(
+                f"{self._queue.maxsize} queries are already waiting; retry shortly"
+            ) from None
+        return await job.future
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            stopping = self._collect(batch)
+            self._process([j for j in batch if isinstance(j, _Job)])
+        self._fail_leftovers()
+
+    def _collect(self, batch: list[_Job | object]) -> bool:
+        """Add queued jobs to `batch`; True when the stop sentinel was met."""
+        deadline = None
+        while len(batch) < self.max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                if len(batch) < 2 or self.max_wait <= 0:
+                    return False
+                deadline = deadline or time.perf_counter() + self.max_wait
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return False
+                try:
+                    job = self._queue.get(timeout=left)
+                except queue.Empty:
+                    return False
+            if job is _STOP:
+                return True
+            batch.append(job)
+        return False
+
+    def _process(self, jobs: list[_Job]) -> None:
+        jobs = [j for j in jobs if not j.future.done()]
+        groups: dict[int, list[_Job]] = {}
+        for job in jobs:  # an engine swap can put two retrievers in one batch
+            groups.setdefault(id(job.retriever), []).append(job)
+        for group in groups.values():
+            started = time.perf_counter()
+            try:
+                retriever = group[0].retriever
+                vecs = retriever.encoder.encode([j.query for j in group], batch_size=len(group))
+                encoded = time.perf_counter()
+                hits = retriever.search_vectors(vecs, max(j.k for j in group))
+                done = time.perf_counter()
+            except Exception as exc:
+                logger.exception("batch of %d queries failed", len(group))
+                for job in group:
+                    self._deliver(job, None, exc)
+                continue
+            if self._on_batch is not None:
+                self._on_batch(len(group), encoded - started, done - encoded)
+            for job, found in zip(group, hits, strict=True):
+                timing = BatchTiming(
+                    size=len(group),
+                    queue_ms=1000 * (started - job.enqueued),
+                    encode_ms=1000 * (encoded - started),
+                    search_ms=1000 * (done - encoded),
+                )
+                self._deliver(job, (found[: job.k], timing), None)
+
+    @staticmethod
+    def _deliver(
+        job: _Job, result: tuple[list[Hit], BatchTiming] | None, error: BaseException | None
+    ) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+            job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(job, _Job):
+                self._deliver(job, None, RuntimeError("the service is stopping"))

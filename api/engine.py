@@ -1,0 +1,154 @@
+"""What the service searches with, and how it is swapped without failing a request.
+
+An `Engine` is one loaded index: the dense retriever and, when the folder has one,
+the BM25 index. `EngineHolder` hands out leases on the current engine; `swap`
+installs a fully loaded new one in one step. Requests that hold a lease on the old
+engine finish on it, and the old engine is closed when its last lease ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from search.bm25_index import BM25Index, has_bm25, load_bm25
+from search.encoder import Encoder
+from search.index_folder import load_index_folder
+from search.retriever import Retriever
+from search.types import DistilsearchError
+
+logger = logging.getLogger(__name__)
+
+
+class NotLoadedError(RuntimeError):
+    """No engine is installed (the service is starting or stopping)."""
+
+
+@dataclass(eq=False)
+class Engine:
+    """One loaded index.
+
+    Attributes:
+        retriever: Dense retrieval (encoder + FAISS index + doc store).
+        bm25: The BM25 index, or None.
+        bm25_error: Why there is no BM25 index (None when there is one).
+        generation: 1 for the first engine, +1 at each swap.
+        owned: Whether the service closes the retriever (False when a caller passed it).
+    """
+
+    retriever: Retriever
+    bm25: BM25Index | None
+    bm25_error: str | None
+    generation: int = 1
+    owned: bool = True
+    loaded_at: float = field(default_factory=time.time)
+    leases: int = 0
+    retired: bool = False
+
+    @property
+    def index_dir(self) -> Path:
+        return self.retriever.folder.path
+
+    def close(self) -> None:
+        if self.owned:
+            self.retriever.close()
+            logger.info("closed index generation %d (%s)", self.generation, self.index_dir)
+
+
+def _load_bm25(index_dir: Path) -> tuple[BM25Index | None, str | None]:
+    if not has_bm25(index_dir):
+        return None, f"index {index_dir} has no BM25 index (no bm25/ folder)"
+    try:
+        return load_bm25(index_dir), None
+    except DistilsearchError as exc:
+        logger.warning("BM25 index not loaded: %s", exc)
+        return None, str(exc)
+
+
+def load_engine(
+    index_dir: Path,
+    *,
+    model: str | None = None,
+    backend: str = "auto",
+    encoder: Encoder | None = None,
+    generation: int = 1,
+) -> Engine:
+    """Load an index folder (and its BM25 index, if any) completely.
+
+    Args:
+        index_dir: The index folder.
+        model: Query encoder spec; default: the one in the index's manifest.
+        backend: Encoder backend.
+        encoder: An encoder already loaded; reused when its model hash matches the
+            index's (a reload of the same model then costs no model load).
+        generation: Generation number to give the engine.
+
+    Raises:
+        DistilsearchError: the folder is not a loadable index, or the model mismatches.
+    """
+    folder = load_index_folder(index_dir)
+    if encoder is not None and encoder.model_hash == folder.model_hash:
+        retriever = Retriever(encoder, folder)
+    else:
+        folder.close()
+        retriever = Retriever.open(index_dir, model=model, backend=backend)  # type: ignore[arg-type]
+    bm25, error = _load_bm25(index_dir)
+    return Engine(retriever, bm25, error, generation=generation)
+
+
+class EngineHolder:
+    """The current engine, leased to requests and swapped atomically."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Engine | None:
+        return self._engine
+
+    def acquire(self) -> Engine:
+        """Take a lease on the current engine; pair with `release`.
+
+        Raises:
+            NotLoadedError: no engine is installed.
+        """
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise NotLoadedError("the index is not loaded")
+            engine.leases += 1
+            return engine
+
+    def release(self, engine: Engine) -> None:
+        """End a lease; closes a swapped-out engine when its last lease ends."""
+        with self._lock:
+            engine.leases -= 1
+            close = engine.retired and engine.leases == 0
+        if close:
+            engine.close()
+
+    @contextmanager
+    def lease(self) -> Iterator[Engine]:
+        """The current engine, kept open until the `with` block ends."""
+        engine = self.acquire()
+        try:
+            yield engine
+        finally:
+            self.release(engine)
+
+    def swap(self, new: Engine | None) -> Engine | None:
+        """Install `new` (None: none); the old engine closes once its leases end."""
+        with self._lock:
+            old, self._engine = self._engine, new
+            if old is not None:
+                old.retired = True
+            close = old is not None and old.leases == 0
+        if close and old is not None:
+            old.close()
+        return old

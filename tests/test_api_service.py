@@ -1,0 +1,433 @@
+"""The search service over HTTP: modes, batches, documents, admin, metrics, limits.
+
+Real FastAPI app, real FAISS index and BM25 index, the tiny random model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from api.app import create_app
+from api.settings import Settings
+from indexer.bm25 import write_bm25
+from indexer.build import build_index
+from search.encoder import load_encoder
+
+KEY = "test-key-0123456789abcdef"
+DOCS = [
+    ("d1", "Cats", "Cats are small domesticated felines that purr."),
+    ("d2", "Dogs", "Dogs are loyal animals kept as pets and for herding."),
+    ("d3", "Kittens", "A kitten is a young cat; kittens play a lot."),
+    ("d4", "Puppies", "A puppy is a young dog that needs training."),
+    ("d5", "Python", "Python is a programming language with dynamic typing."),
+    ("d6", "Rust", "Rust is a systems programming language with ownership."),
+    ("d7", "Compilers", "A compiler translates source code into machine code."),
+    ("d8", "", "Interpreters execute programs line by line."),
+]
+
+
+def make_index(model: Path, out: Path, *, bm25: bool) -> Path:
+    build_index(load_encoder(model), DOCS, out, model_path=str(model), progress=False, bm25=False)
+    if bm25:
+        write_bm25(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def index_dir(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_index(tiny_model, tmp_path_factory.mktemp("svc") / "idx", bm25=True)
+
+
+@pytest.fixture(scope="module")
+def client(index_dir: Path) -> Iterator[TestClient]:
+    settings = Settings(index_dir=index_dir, max_k=5, max_batch_queries=3, api_key=KEY)
+    settings = settings.model_copy(update={"max_query_chars": 80, "max_body_bytes": 4096})
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def plain_client(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    """No BM25 index, no API key, defaults."""
+    idx = make_index(tiny_model, tmp_path_factory.mktemp("plain") / "idx", bm25=False)
+    with TestClient(create_app(Settings(index_dir=idx))) as c:
+        yield c
+
+
+def ids(body: dict) -> list[str]:
+    return [h["id"] for h in body["hits"]]
+
+
+# --- searching -------------------------------------------------------------------
+
+
+def test_dense_finds_the_document_itself(client: TestClient) -> None:
+    r = client.post(
+        "/search", json={"query": "Cats Cats are small domesticated felines that purr."}
+    )
+    body = r.json()
+    assert r.status_code == 200 and body["mode"] == "dense" and ids(body)[0] == "d1"
+    assert body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert body["timing"]["batch_size"] >= 1 and body["timing"]["encode_ms"] > 0
+
+
+def test_bm25_matches_keywords_only(client: TestClient) -> None:
+    body = client.post("/search", json={"query": "programming language", "mode": "bm25"}).json()
+    # d5 and d6 hold both terms; d8's "programs" shares the stem of "programming".
+    assert set(ids(body)[:2]) == {"d5", "d6"} and ids(body)[2:] == ["d8"]
+    assert all(h["score"] > 0 for h in body["hits"]) and body["timing"]["bm25_ms"] > 0
+
+
+def test_hybrid_fuses_both(client: TestClient) -> None:
+    body = client.post(
+        "/search", json={"query": "programming language", "mode": "hybrid", "k": 5}
+    ).json()
+    assert len(body["hits"]) == 5
+    assert set(ids(body)[:2]) == {"d5", "d6"}  # the keyword matches lead; dense fills in
+    scores = [h["score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1.0
+
+
+def test_get_search_equals_post(client: TestClient) -> None:
+    for mode in ("dense", "bm25", "hybrid"):
+        got = client.get("/search", params={"q": "young dog training", "k": 3, "mode": mode})
+        posted = client.post("/search", json={"query": "young dog training", "k": 3, "mode": mode})
+        assert got.status_code == 200 and ids(got.json()) == ids(posted.json())
+
+
+def test_batch_search(client: TestClient) -> None:
+    r = client.post("/search/batch", json={"queries": ["cats", "rust", "compiler"], "k": 2})
+    body = r.json()
+    assert r.status_code == 200 and [x["query"] for x in body["results"]] == [
+        "cats",
+        "rust",
+        "compiler",
+    ]
+    assert all(len(x["hits"]) == 2 for x in body["results"])
+    hybrid = client.post("/search/batch", json={"queries": ["rust"], "mode": "hybrid"}).json()
+    assert ids(hybrid["results"][0])[0] == "d6"
+
+
+def test_documents(client: TestClient) -> None:
+    assert client.get("/documents/d3").json() == {
+        "id": "d3",
+        "title": "Kittens",
+        "text": "A kitten is a young cat; kittens play a lot.",
+    }
+    r = client.get("/documents/nope/with/slash")
+    assert r.status_code == 404 and "nope/with/slash" in r.json()["detail"]
+
+
+def test_no_bm25_index_is_a_clear_400(plain_client: TestClient) -> None:
+    for mode in ("bm25", "hybrid"):
+        r = plain_client.post("/search", json={"query": "cats", "mode": mode})
+        assert r.status_code == 400
+        assert "no BM25 index" in r.json()["detail"] and "dense" in r.json()["detail"]
+    assert plain_client.post("/search", json={"query": "cats"}).status_code == 200
+    assert plain_client.get("/info").json()["bm25"]["available"] is False
+
+
+# --- bad input ---------------------------------------------------------------------
+
+LONG = "x" * 81
+
+
+@pytest.mark.parametrize(
+    "method, url, kwargs, status, fragment",
+    [
+        ("post", "/search", {"json": {"query": ""}}, 422, "at least 1 character"),
+        ("post", "/search", {"json": {"query": " \t\n "}}, 422, "whitespace"),
+        ("post", "/search", {"json": {"query": LONG}}, 422, "the limit is 80"),
+        ("post", "/search", {"json": {"query": "x", "k": 0}}, 422, "greater than or equal to 1"),
+        ("post", "/search", {"json": {"query": "x", "k": -3}}, 422, "greater than or equal to 1"),
+        ("post", "/search", {"json": {"query": "x", "k": 6}}, 422, "over the limit 5"),
+        ("post", "/search", {"json": {"query": "x", "k": "5"}}, 422, "valid integer"),
+        ("post", "/search", {"json": {"query": "x", "k": 2.5}}, 422, "valid integer"),
+        ("post", "/search", {"json": {"query": ["x"]}}, 422, "valid string"),
+        (
+            "post",
+            "/search",
+            {"json": {"query": "x", "mode": "fuzzy"}},
+            422,
+            "'dense', 'bm25' or 'hybrid'",
+        ),
+        ("post", "/search", {"json": {"query": "x", "extra": 1}}, 422, "Extra inputs"),
+        ("post", "/search", {"json": [1, 2]}, 422, "valid dictionary"),
+        (
+            "post",
+            "/search",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            422,
+            "JSON decode error",
+        ),
+        (
+            "post",
+            "/search",
+            {"content": b'{"query": "x"}', "headers": {"content-type": "text/plain"}},
+            415,
+            "application/json",
+        ),
+        (
+            "post",
+            "/search",
+            {"content": b'{"query": "x"}', "headers": {"content-type": ""}},
+            415,
+            "application/json",
+        ),
+        (
+            "post",
+            "/search",
+            {"content": b'{"query": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
+            400,
+            "UTF-8",
+        ),
+        ("post", "/search", {"json": {"query": "x" * 5000}}, 413, "limit is 4096"),
+        (
+            "post",
+            "/search",
+            {
+                "content": iter([b"{", b" " * 5000, b"}"]),
+                "headers": {"content-type": "application/json"},
+            },
+            413,
+            "limit is 4096",
+        ),
+        ("get", "/search", {"params": {"q": ""}}, 422, "at least 1 character"),
+        ("get", "/search", {"params": {"q": "   "}}, 422, "whitespace"),
+        ("get", "/search", {"params": {"q": "x", "k": "ten"}}, 422, "valid integer"),
+        ("get", "/search", {"params": {"q": "x", "k": 99}}, 422, "over the limit 5"),
+        (
+            "get",
+            "/search",
+            {"params": {"q": "x", "mode": "DENSE"}},
+            422,
+            "'dense', 'bm25' or 'hybrid'",
+        ),
+        ("get", "/search", {}, 422, "Field required"),
+        (
+            "post",
+            "/search/batch",
+            {"json": {"queries": ["a", "b", "c", "d"]}},
+            422,
+            "the limit is 3",
+        ),
+        ("post", "/search/batch", {"json": {"queries": []}}, 422, "at least 1 item"),
+        ("post", "/search/batch", {"json": {"queries": ["ok", " "]}}, 422, "whitespace"),
+        ("get", "/documents/missing", {}, 404, "no document with id 'missing'"),
+        ("get", "/no/such/route", {}, 404, "Not Found"),
+        ("put", "/search", {"json": {"query": "x"}}, 405, "Method Not Allowed"),
+    ],
+)
+def test_bad_input_is_a_4xx_with_detail(
+    client: TestClient, method: str, url: str, kwargs: dict, status: int, fragment: str
+) -> None:
+    r = getattr(client, method)(url, **kwargs)
+    assert r.status_code == status, r.text
+    assert fragment in json.dumps(r.json()["detail"]), r.text
+
+
+def test_odd_bytes_in_the_url_are_no_error(client: TestClient) -> None:
+    r = client.get("/search?q=%FF%FE%00cat&k=2")
+    assert r.status_code in (200, 422)
+    r = client.get("/documents/%FF%00")
+    assert r.status_code == 404
+
+
+def test_no_request_ended_in_a_server_error(client: TestClient) -> None:
+    # Runs after the bad-input tests in this module's client: none reached the 500 handler.
+    text = client.get("/metrics").text
+    assert 'status="4' in text
+    assert 'status="5' not in text.replace('status="503"', "")
+
+
+def test_catch_all_handler_answers_json(index_dir: Path) -> None:
+    app = create_app(Settings(index_dir=index_dir))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom")
+    assert r.status_code == 500 and "server log" in r.json()["detail"]
+    assert "secret" not in r.text
+
+
+# --- admin -------------------------------------------------------------------------
+
+
+def test_admin_needs_the_key(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    r = client.post("/admin/reload")
+    assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+    r = client.post("/admin/reload", headers={"X-API-Key": KEY[:-1] + "X"})
+    assert r.status_code == 403 and r.json()["detail"] == "wrong API key"
+    r = client.delete("/documents/d1", headers={"X-API-Key": "nope"})
+    assert r.status_code == 403
+    r = client.post("/documents", json={"documents": []})
+    assert r.status_code == 401  # the key is checked before the body
+    assert KEY not in caplog.text and KEY[:-1] not in caplog.text
+
+
+def test_admin_is_off_without_a_key(plain_client: TestClient) -> None:
+    r = plain_client.post("/admin/reload", headers={"X-API-Key": "anything-at-all-here"})
+    assert r.status_code == 403 and "DISTILSEARCH_API_KEY" in r.json()["detail"]
+
+
+def test_reload_under_load_fails_no_request(client: TestClient) -> None:
+    before = client.get("/ready").json()["generation"]
+    service = client.app.state.service  # type: ignore[attr-defined]
+    old = service.holder.current
+    statuses: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        for i in range(200):
+            if stop.is_set() and i > 5:
+                return
+            mode = ("dense", "bm25", "hybrid")[i % 3]
+            r = client.post("/search", json={"query": "young cat", "mode": mode})
+            statuses.append(r.status_code)
+            if r.status_code != 200:
+                errors.append(r.text)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for _ in range(3):
+        r = client.post("/admin/reload", headers={"X-API-Key": KEY})
+        assert r.status_code == 200 and r.json()["bm25"] is True
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert statuses and set(statuses) == {200}, errors[:3]
+    assert client.get("/ready").json()["generation"] == before + 3
+    assert old.retired and old.leases == 0
+    with pytest.raises(Exception, match="closed"):
+        old.retriever.folder.store.by_id("d1")  # the old doc store was closed
+
+
+def test_a_leased_engine_stays_open_until_released(client: TestClient) -> None:
+    holder = client.app.state.service.holder  # type: ignore[attr-defined]
+    engine = holder.acquire()
+    try:
+        r = client.post("/admin/reload", headers={"X-API-Key": KEY})
+        assert r.status_code == 200
+        assert engine.retired and engine.retriever.folder.store.by_id("d1") is not None
+    finally:
+        holder.release(engine)
+    with pytest.raises(Exception, match="closed"):
+        engine.retriever.folder.store.by_id("d1")
+
+
+def test_failed_reload_keeps_the_old_index(tiny_model: Path, tmp_path: Path) -> None:
+    idx = make_index(tiny_model, tmp_path / "idx", bm25=False)
+    with TestClient(create_app(Settings(index_dir=idx, api_key=KEY))) as c:
+        (idx / "manifest.json").write_text("{broken")
+        r = c.post("/admin/reload", headers={"X-API-Key": KEY})
+        assert r.status_code == 409 and "still serving generation 1" in r.json()["detail"]
+        assert c.post("/search", json={"query": "cats"}).status_code == 200
+
+
+def test_upsert_and_delete_are_searchable_at_once(tiny_model: Path, tmp_path: Path) -> None:
+    idx = make_index(tiny_model, tmp_path / "idx", bm25=True)
+    auth = {"X-API-Key": KEY}
+    settings = Settings(index_dir=idx, api_key=KEY, max_upsert_docs=2)
+    with TestClient(create_app(settings)) as c:
+        new = {"id": "d9", "title": "Ferrets", "text": "Ferrets are playful mustelids."}
+        r = c.post("/documents", json={"documents": [new]}, headers=auth)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["added"], body["replaced"], body["count"], body["generation"]) == (1, 0, 9, 2)
+        assert ids(c.post("/search", json={"query": "ferrets", "mode": "bm25"}).json()) == ["d9"]
+        exact = c.post("/search", json={"query": "Ferrets Ferrets are playful mustelids."}).json()
+        assert ids(exact)[0] == "d9"
+        assert c.get("/documents/d9").json()["title"] == "Ferrets"
+
+        changed = {"id": "d1", "title": "Cats", "text": "Cats chase laser pointers."}
+        body = c.post("/documents", json={"documents": [changed]}, headers=auth).json()
+        assert (body["added"], body["replaced"], body["count"]) == (0, 1, 9)
+        assert ids(c.post("/search", json={"query": "laser", "mode": "bm25"}).json()) == ["d1"]
+
+        r = c.delete("/documents/d9", headers=auth)
+        assert r.status_code == 200 and r.json()["deleted"] == 1 and r.json()["count"] == 8
+        assert c.get("/documents/d9").status_code == 404
+        assert c.post("/search", json={"query": "ferrets", "mode": "bm25"}).json()["hits"] == []
+        assert c.delete("/documents/d9", headers=auth).status_code == 404
+        assert c.get("/ready").json()["generation"] == 4
+
+        for docs, fragment in [
+            ([new, new], "duplicate id 'd9'"),
+            ([new, {**new, "id": "x"}, {**new, "id": "y"}], "the limit is 2"),
+            ([{**new, "text": ""}], "at least 1 character"),
+            ([{**new, "id": 5}], "valid string"),
+        ]:
+            r = c.post("/documents", json={"documents": docs}, headers=auth)
+            assert r.status_code == 422 and fragment in json.dumps(r.json()["detail"])
+
+
+# --- health, info, metrics, settings ------------------------------------------------
+
+
+def test_health_ready_info(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["status"] == "ready"
+    info = client.get("/info").json()
+    assert info["index"]["size"] == len(DOCS) and info["index"]["factory"] == "Flat"
+    assert info["model"]["dim"] == 32 and info["bm25"]["available"] is True
+    assert info["manifest"]["count"] == len(DOCS) and info["limits"]["max_k"] == 5
+
+
+def test_metrics_per_app(client: TestClient, plain_client: TestClient) -> None:
+    client.post("/search", json={"query": "cats"})
+    text = client.get("/metrics").text
+    assert 'distilsearch_http_requests_total{method="POST",route="/search",status="200"}' in text
+    assert "distilsearch_encode_seconds_count" in text
+    assert 'distilsearch_search_seconds_count{kind="bm25"}' in text
+    assert f"distilsearch_index_documents {float(len(DOCS))}" in text
+    assert 'route="/documents/{doc_id:path}"' in text and 'route="unmatched"' in text
+    other = plain_client.get("/metrics").text  # its own registry: no bm25 searches there
+    assert 'distilsearch_search_seconds_count{kind="bm25"}' not in other
+
+
+def test_page_is_served(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_cors_is_off_by_default_and_can_be_enabled(index_dir: Path, client: TestClient) -> None:
+    origin = {"Origin": "https://elsewhere.example"}
+    assert "access-control-allow-origin" not in client.get("/health", headers=origin).headers
+    app = create_app(Settings(index_dir=index_dir, cors_origins=["https://elsewhere.example"]))
+    with TestClient(app) as c:
+        r = c.get("/health", headers=origin)
+        assert r.headers["access-control-allow-origin"] == "https://elsewhere.example"
+        r = c.get("/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_settings_safe_defaults_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = Settings(index_dir=tmp_path)
+    assert s.host == "127.0.0.1" and s.api_key is None and s.cors_origins == []
+    monkeypatch.setenv("DISTILSEARCH_MAX_K", "7")
+    monkeypatch.setenv("DISTILSEARCH_API_KEY", KEY)
+    monkeypatch.setenv("DISTILSEARCH_CORS_ORIGINS", '["https://a.example"]')
+    s = Settings(index_dir=tmp_path)
+    assert s.max_k == 7 and s.cors_origins == ["https://a.example"]
+    assert s.api_key is not None and s.api_key.get_secret_value() == KEY
+    assert KEY not in repr(s) and KEY not in str(s.model_dump())
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(index_dir=tmp_path, api_key="short")
