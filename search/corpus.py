@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple
+from typing import IO, Any, Literal, NamedTuple, cast
 
 from search.types import Corpus, DataError, Qrels, Queries
 
@@ -37,13 +37,16 @@ class Record(NamedTuple):
         id: Document id (a string; numeric ids are converted).
         title: Title, "" when absent.
         text: Body text.
-        line: 1-based line of a JSONL file, or 1-based row of a Parquet file.
+        line: 1-based line of a JSONL file, or 1-based row of a Parquet file (counted
+            across the files, in name order, for a folder of Parquet files).
+        source: The file (or folder of Parquet files) `line` refers to.
     """
 
     id: str
     title: str
     text: str
     line: int
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,15 @@ def _is_parquet(file: Path) -> bool:
 
 
 def _open_binary(file: Path) -> IO[bytes]:
-    return gzip.open(file, "rb") if file.suffix == ".gz" else open(file, "rb")
+    if file.suffix == ".gz":
+        return cast(IO[bytes], gzip.open(file, "rb"))
+    return open(file, "rb")
+
+
+def _parquet_rows(file: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(file).metadata.num_rows)
 
 
 def count_documents(path: Path) -> int:
@@ -218,9 +229,7 @@ def count_documents(path: Path) -> int:
     total = 0
     for file in corpus_files(path):
         if _is_parquet(file):
-            import pyarrow.parquet as pq
-
-            total += pq.ParquetFile(file).metadata.num_rows
+            total += _parquet_rows(file)
             continue
         with _open_binary(file) as fh:
             total += sum(1 for line in fh if line.strip())
@@ -254,7 +263,7 @@ def _to_record(
         )
         return None
     title = row.get(fields.title)
-    return Record(str(doc_id), title if isinstance(title, str) else "", text, line)
+    return Record(str(doc_id), title if isinstance(title, str) else "", text, line, str(file))
 
 
 def _iter_jsonl(
@@ -282,7 +291,13 @@ def _iter_jsonl(
 
 
 def _iter_parquet(
-    file: Path, fields: Fields, on_error: str, report: ReadReport | None, batch_rows: int
+    file: Path,
+    label: Path,
+    first_row: int,
+    fields: Fields,
+    on_error: str,
+    report: ReadReport | None,
+    batch_rows: int,
 ) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
@@ -297,7 +312,7 @@ def _iter_parquet(
         )
     columns = [id_col, fields.text] + ([fields.title] if fields.title in names else [])
     named = Fields(id=id_col, title=fields.title, text=fields.text)
-    row_no = 0
+    row_no = first_row
     for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
         cols = {name: batch.column(name).to_pylist() for name in columns}
         for i in range(batch.num_rows):
@@ -308,9 +323,9 @@ def _iter_parquet(
             try:
                 row = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in row.items()}
             except UnicodeDecodeError as exc:
-                bad_record(file, row_no, "invalid UTF-8", str(exc), on_error, report)
+                bad_record(label, row_no, "invalid UTF-8", str(exc), on_error, report)
                 continue
-            record = _to_record(row, row_no, named, file, on_error, report)
+            record = _to_record(row, row_no, named, label, on_error, report)
             if record is not None:
                 yield record
 
@@ -343,9 +358,13 @@ def iter_records(
     fields = fields or Fields()
     if report is not None and not report.source:
         report.source = str(path)
-    for file in corpus_files(path):
+    files = corpus_files(path)
+    label = files[0] if len(files) == 1 else path  # a folder of Parquet files counts as one
+    first_row = 0
+    for file in files:
         if _is_parquet(file):
-            yield from _iter_parquet(file, fields, on_error, report, batch_rows)
+            yield from _iter_parquet(file, label, first_row, fields, on_error, report, batch_rows)
+            first_row += _parquet_rows(file)
         else:
             yield from _iter_jsonl(file, fields, on_error, report)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,8 @@ from search.index_folder import IndexFolder, load_index_folder
 from search.types import Hit, IndexMismatchError
 
 logger = logging.getLogger(__name__)
+
+SearchParams = Mapping[str, float]
 
 
 class Retriever:
@@ -39,35 +41,79 @@ class Retriever:
 
     @classmethod
     def open(
-        cls, index_dir: Path, *, model: str | None = None, backend: Backend = "auto"
+        cls,
+        index_dir: Path,
+        *,
+        model: str | None = None,
+        backend: Backend = "auto",
+        mmap: bool = False,
     ) -> Retriever:
-        """Load an index folder and its model (the one in the manifest unless given)."""
-        folder = load_index_folder(index_dir)
+        """Load an index folder and its model (the one in the manifest unless given).
+
+        Args:
+            index_dir: The index folder.
+            model: Model name or folder; default: the manifest's.
+            backend: Encoder backend (see `search.encoder.load_encoder`).
+            mmap: Memory-map the index where FAISS supports it (see `load_index_folder`).
+        """
+        folder = load_index_folder(index_dir, mmap=mmap)
         spec = model or folder.manifest["model"].get("path") or folder.manifest["model"]["name"]
         return cls(load_encoder(spec, backend=backend), folder)
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """Search with query vectors of shape (n, dim), float32, normalised."""
-        k = max(1, min(k, self.folder.index.ntotal))
-        scores, rows = self.folder.index.search(np.ascontiguousarray(vectors), k)
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, *, params: SearchParams | None = None
+    ) -> list[list[Hit]]:
+        """Search with query vectors.
+
+        Args:
+            vectors: float32 array of shape (n, dim), rows L2-normalised.
+            k: Hits wanted per query (capped at the number of live documents).
+            params: Search parameters overriding the index's stored ones for this call
+                (``nprobe`` for IVF, ``efSearch`` for HNSW, ``k_factor`` for refine).
+
+        Returns:
+            Per query, up to `k` hits, best first. Deleted documents never appear; when
+            FAISS cannot skip them itself, more candidates are fetched until `k` live
+            hits are found or the whole index was asked.
+
+        Raises:
+            ValueError: `params` names a parameter this index does not take.
+        """
+        index = self.folder.index
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        k = max(1, min(k, self.folder.count))
+        sp, filtered, _keep = self.folder.search_parameters(params)
+        fetch = k if filtered else min(index.ntotal, k + len(self.folder.tombstones))
+        while True:
+            scores, rows = index.search(queries, max(fetch, 1), params=sp)
+            out = self._hits(scores, rows, k)
+            if all(len(h) >= k for h in out) or fetch >= index.ntotal:
+                return out
+            fetch = min(index.ntotal, 2 * fetch)  # a few doublings at most
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[list[Hit]]:
         docs = self.folder.store.by_rows(sorted({int(r) for r in rows.ravel() if r >= 0}))
         out = []
         for srow, rrow in zip(scores, rows, strict=True):
             hits = []
             for score, row in zip(srow, rrow, strict=True):
-                doc = docs.get(int(row))
-                if row >= 0 and doc is not None:
+                doc = docs.get(int(row)) if row >= 0 else None
+                if doc is not None:  # tombstoned rows have no document
                     hits.append(Hit(doc[0], float(score), doc[1], doc[2]))
+                    if len(hits) == k:
+                        break
             out.append(hits)
         return out
 
-    def search_many(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        """Top-`k` hits for each query, best first."""
-        return self.search_vectors(self.encoder.encode(list(queries)), k)
+    def search_many(
+        self, queries: Sequence[str], k: int = 10, *, params: SearchParams | None = None
+    ) -> list[list[Hit]]:
+        """Top-`k` hits for each query, best first (see `search_vectors` for `params`)."""
+        return self.search_vectors(self.encoder.encode(list(queries)), k, params=params)
 
-    def search(self, query: str, k: int = 10) -> list[Hit]:
-        """Top-`k` hits for one query, best first."""
-        return self.search_many([query], k)[0]
+    def search(self, query: str, k: int = 10, *, params: SearchParams | None = None) -> list[Hit]:
+        """Top-`k` hits for one query, best first (see `search_vectors` for `params`)."""
+        return self.search_many([query], k, params=params)[0]
 
     def close(self) -> None:
         self.folder.close()

@@ -138,3 +138,20 @@ def test_load_corpus_refuses_duplicates_and_fingerprint_tracks_changes(tmp_path:
     before = fingerprint(path)
     path.write_bytes(_jsonl(_rows()))
     assert fingerprint(path) != before
+
+
+def test_a_folder_of_parquet_files_numbers_rows_across_files(tmp_path: Path) -> None:
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    pq.write_table(pa.table({"_id": ["a", "b"], "text": ["x", "y"]}), folder / "p0.parquet")
+    pq.write_table(pa.table({"_id": ["c", None], "text": ["z", "w"]}), folder / "p1.parquet")
+    report = ReadReport()
+    records = list(iter_records(folder, on_error="skip", report=report))
+    assert [(r.id, r.line, r.source) for r in records] == [
+        ("a", 1, str(folder)),
+        ("b", 2, str(folder)),
+        ("c", 3, str(folder)),
+    ]
+    assert report.first_lines == {"missing id": [4]}
+    with pytest.raises(DataError, match=r"parts:4: not a document: missing id"):
+        list(iter_records(folder))

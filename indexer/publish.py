@@ -1,0 +1,193 @@
+"""Publishing index folders atomically: a writer lock, temp folders, manifest, swap.
+
+Every change to an index folder (build, upsert, delete) is made in a temp folder
+beside it, finished with a manifest holding the sha256 of every file, and swapped in
+with one ``renameat2(RENAME_EXCHANGE)`` where the OS supports it, so a reader always
+finds a complete folder: the old version or the new one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from search.assets import atomic_write_text
+from search.docstore import DocStore
+from search.index_folder import DOCSTORE_FILE, MANIFEST, checksums
+from search.types import DataError
+
+logger = logging.getLogger(__name__)
+
+BM25_DIR = "bm25"  # written by indexer.bm25
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape an index folder."""
+    out = {}
+    for package in ("faiss-cpu", "numpy", "sentence-transformers", "distilsearch"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+@contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold the exclusive writer lock of index folder `out` (blocking).
+
+    The lock is an ``flock`` on the parent folder, so it leaves no file behind; while
+    holding it, leftovers of writers killed mid-publish are removed.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):
+            logger.info("removing %s left by an interrupted writer", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def temp_folder(out: Path) -> Path:
+    """A fresh temp folder beside `out` (call under `writer_lock`)."""
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def write_extras(folder: Path, *, bm25: bool, only_if_present: bool = False) -> None:
+    """Write what other parts of the system keep beside the dense index.
+
+    This is the single place where ``indexer.bm25.write_bm25`` (a lexical index in
+    ``folder/bm25/``, read from ``folder/docs.sqlite``) is called, after a build or an
+    update and before the manifest is written, so its files are checksummed too.
+
+    Args:
+        folder: The (temp) index folder, doc store complete.
+        bm25: Write the lexical index; skipped when False or when ``indexer.bm25``
+            is not installed.
+        only_if_present: Rewrite it only if the folder already has one (updates).
+    """
+    target = folder / BM25_DIR
+    if not bm25 or (only_if_present and not target.exists()):
+        return
+    try:
+        from indexer.bm25 import write_bm25  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError as exc:
+        if exc.name != "indexer.bm25":
+            raise
+        logger.debug("indexer.bm25 not present; no lexical index written")
+        return
+    store = DocStore(folder / DOCSTORE_FILE)
+    try:
+        empty = len(store) == 0
+    finally:
+        store.close()
+    if empty:  # nothing to index; a lexical index of deleted documents would be wrong
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    write_bm25(folder)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the sha256 of every file under `folder` to `manifest` and write it atomically.
+
+    Returns:
+        The manifest as written.
+    """
+    manifest = {**manifest, "files": checksums(folder)}
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under `folder` to disk, and give them normal modes.
+
+    Temp files and folders are created private (0600/0700); a published index is
+    readable like any file the user writes (0644/0755 less the umask).
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2``); False where unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace a path that is not an index folder.
+
+    Raises:
+        DataError: `out` exists and is a file, or a non-empty folder without manifest.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
+        raise DataError(
+            f"--out {out} exists and is not an index folder; pass a new path or an "
+            "existing index folder to replace"
+        )
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Publish `tmp` as `out` (call under `writer_lock`); `tmp` is consumed.
+
+    Readers that resolve `out` see the old folder or the new one, never half of one
+    (with a brief window where `out` is missing on systems without
+    ``RENAME_EXCHANGE``). Readers holding files of the old folder open keep them.
+    """
+    _fsync_tree(tmp)
+    if not out.exists():
+        os.replace(tmp, out)
+    elif _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old version
+    else:
+        old = out.with_name(f".{out.name}.tmp-old-{os.getpid()}-{time.time_ns()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
