@@ -103,44 +103,110 @@ def distill(
 @app.command()
 def index(
     model: Annotated[str, typer.Option(help="Model name or folder to encode with.")],
-    data: Annotated[str, typer.Option(help="BEIR folder or JSONL file of documents.")],
+    data: Annotated[
+        str, typer.Option(help="BEIR folder, JSONL(.gz) or Parquet file, or folder of Parquet.")
+    ],
     out: Annotated[Path, typer.Option(help="Index folder to write (replaced atomically).")],
-    factory: Annotated[str, typer.Option(help="FAISS factory string.")] = "Flat",
+    factory: Annotated[
+        str, typer.Option(help="FAISS factory string, or auto (by corpus size and memory).")
+    ] = "auto",
+    max_memory: Annotated[
+        str | None, typer.Option(help="RAM budget of the auto index, e.g. 4GB (default: half).")
+    ] = None,
+    update: Annotated[
+        bool, typer.Option("--update", help="Upsert the documents into the existing --out.")
+    ] = False,
+    on_error: Annotated[
+        str, typer.Option(help="fail: stop at a bad record; skip: count, report and go on.")
+    ] = "fail",
+    id_field: Annotated[str | None, typer.Option(help="Id field (default _id, else id).")] = None,
+    title_field: Annotated[str, typer.Option(help="Title field.")] = "title",
+    text_field: Annotated[str, typer.Option(help="Text field.")] = "text",
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
+    shard_size: Annotated[int, typer.Option(help="Documents per checkpoint shard.")] = 1024,
+    target_recall: Annotated[
+        float, typer.Option(help="recall@10 the tuned search parameters must reach.")
+    ] = 0.95,
     backend: Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")] = "auto",
-    cache: Annotated[bool, typer.Option(help="Reuse and fill the embedding cache.")] = True,
+    engine: Annotated[str, typer.Option(help="local, or dask (with --scheduler).")] = "local",
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder (shared with Dask workers).")
+    ] = None,
+    cache: Annotated[
+        bool, typer.Option(help="Also reuse/fill the embedding cache (holds it all in RAM).")
+    ] = False,
+    bm25: Annotated[bool, typer.Option(help="Also write the BM25 index.")] = True,
     verbose: Verbose = False,
 ) -> None:
-    """Encode a corpus and write a FAISS index folder."""
+    """Encode a corpus and write a FAISS index folder (resumable: rerun to continue)."""
     _setup(verbose)
-    from indexer.build import build_index, make_index
+    from indexer.build import build_index, summary
+    from indexer.factory import parse_memory
+    from indexer.update import upsert_documents
     from search.assets import embeddings_dir, resolve_model
-    from search.corpus import iter_documents
+    from search.corpus import Fields, ReadReport, count_documents, fingerprint, iter_records
     from search.embed_cache import EmbeddingCache
     from search.encoder import load_encoder
 
     path = _data_path(data)
+    if engine not in ("local", "dask") or (engine == "dask") != (scheduler is not None):
+        fail("--engine dask needs --scheduler ADDRESS, and --scheduler needs --engine dask")
+    report = ReadReport()
+    fields = Fields(id=id_field, title=title_field, text=text_field)
     try:
-        make_index(factory, 8)  # fail on a bad factory string before loading the model
+        budget = parse_memory(max_memory) if max_memory else None
+        records = iter_records(path, fields=fields, on_error=on_error, report=report)  # type: ignore[arg-type]
         encoder = load_encoder(model, backend=backend)  # type: ignore[arg-type]
-        total = sum(1 for _ in iter_documents(path))
+        if update:
+            result = upsert_documents(out, ((r.id, r.title, r.text) for r in records), encoder)
+            typer.echo(
+                f"updated {out}: {result['added']} added, {result['replaced']} replaced, "
+                f"{result['count']} documents"
+            )
+            if report.skipped:
+                typer.echo(report.summary())
+            return
+        model_path = str(resolve_model(model))
+        dask = None
+        if scheduler is not None:
+            from indexer.dask_engine import DaskEngine
+
+            dask = DaskEngine(
+                scheduler, model=model_path, backend=encoder.backend, batch_size=batch_size
+            )
         emb = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim) if cache else None
-        manifest = build_index(
-            encoder,
-            iter_documents(path),
-            out,
-            factory=factory,
-            batch_size=batch_size,
-            cache=emb,
-            model_path=str(resolve_model(model)),
-            total=total,
-        )
-    except (DistilsearchError, ValueError) as exc:
+        key = json.dumps([fingerprint(path), fields.id, fields.title, fields.text, on_error])
+        try:
+            manifest = build_index(
+                encoder,
+                records,
+                out,
+                factory=factory,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                cache=emb,
+                model_path=model_path,
+                total=count_documents(path),
+                max_memory=budget,
+                on_error=on_error,
+                report=report,
+                resume_key=key,
+                work_dir=work_dir,
+                engine=dask,
+                target_recall=target_recall,
+                bm25=bm25,
+            )
+        finally:
+            if dask is not None:
+                dask.close()
+    except (DistilsearchError, ValueError, OSError) as exc:
         fail(str(exc))
-    typer.echo(
-        f"indexed {manifest['count']} documents into {out} "
-        f"({manifest['factory']}, dim {manifest['dim']}, {manifest['docs_per_s']:.1f} docs/s)"
-    )
+    typer.echo(f"indexed into {out}: {summary(manifest)}")
+    if report.skipped:
+        typer.echo(report.summary())
 
 
 @app.command()
