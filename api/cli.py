@@ -73,6 +73,7 @@ def distill(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    loss: Annotated[str, typer.Option(help="mse or mse+structure.")] = "mse",
     verbose: Verbose = False,
 ) -> None:
     """Distill the teacher into a smaller student by embedding matching (MSE)."""
@@ -93,6 +94,7 @@ def distill(
             batch_size=batch_size,
             lr=lr,
             seed=seed,
+            loss=loss,
         )
         report = run_distill(config)
     except (DistilsearchError, ValueError) as exc:

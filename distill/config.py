@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _GENERIC = "msmarco-queries.txt"
+LOSSES = ("mse", "mse+structure")
 
 
 def default_generic_texts() -> Path | None:
@@ -59,6 +60,8 @@ class DistillConfig:
         extra_texts: User text files, one text a line.
         generic_texts: Generic queries file (None: none).
         holdout: Fraction of texts held out to measure fidelity.
+        loss: ``mse`` (embedding matching) or ``mse+structure`` (plus the in-batch
+            similarity-matrix term of `distill.losses`).
     """
 
     teacher: str
@@ -76,6 +79,7 @@ class DistillConfig:
     holdout: float = 0.05
     eval_steps: int = 50
     max_seq_length: int | None = None
+    loss: str = "mse"
 
     def validate(self) -> StudentSpec:
         """Check values; return the parsed student spec.
@@ -91,6 +95,8 @@ class DistillConfig:
             raise ValueError(f"holdout must be in (0, 0.5), got {self.holdout}")
         if self.batch_size < 2 or self.lr <= 0 or self.epochs <= 0:
             raise ValueError("--batch-size must be >= 2, --lr and --epochs > 0")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         for path in self.extra_texts:
             if not path.is_file():
                 raise ValueError(f"--texts {path}: no such file")

@@ -17,6 +17,7 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 from sentence_transformers.sentence_transformer.losses import MSELoss
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from distill.losses import SimilarityStructureLoss
 from distill.targets import fidelity
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class FidelityEvaluator(SentenceEvaluator):
 
     def __call__(
         self,
-        model: SentenceTransformer,
+        model: Any,
         output_path: str | None = None,
         epoch: int = -1,
         steps: int = -1,
@@ -83,8 +84,12 @@ def train_student(
     max_minutes: float,
     eval_steps: int,
     seed: int,
+    teacher: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train `student` so its embeddings of `texts` match `targets` (MSE).
+
+    With `teacher` (the raw teacher embeddings of `texts`), the loss also matches the
+    in-batch similarity structure (`SimilarityStructureLoss`).
 
     Checkpoints go to ``work/``; a run interrupted at any point resumes from the last
     one. Training stops early when held-out fidelity stops improving (3 evaluations)
@@ -95,7 +100,8 @@ def train_student(
     """
     from datasets import Dataset
 
-    train = Dataset.from_dict({"text": texts, "label": targets.astype(np.float32).tolist()})
+    labels = targets if teacher is None else np.concatenate([targets, teacher], axis=1)
+    train = Dataset.from_dict({"text": texts, "label": labels.astype(np.float32).tolist()})
     steps_per_epoch = max(1, len(texts) // batch_size)
     eval_steps = max(1, min(eval_steps, steps_per_epoch))
     args = SentenceTransformerTrainingArguments(
@@ -124,7 +130,9 @@ def train_student(
         model=student,
         args=args,
         train_dataset=train,
-        loss=MSELoss(student),
+        loss=MSELoss(student)
+        if teacher is None
+        else SimilarityStructureLoss(student, student_dim=targets.shape[1]),
         evaluator=heldout,
         callbacks=[budget, EarlyStoppingCallback(early_stopping_patience=3)],
     )

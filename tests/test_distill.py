@@ -47,6 +47,16 @@ def test_layer_subset_student(tiny_model_64: Path, scifact_slice: Path, tmp_path
     assert report["target_map_explained"] == 1.0
 
 
+def test_structure_loss_trains(
+    tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    cfg = _config(
+        tiny_model_64, str(tiny_model), scifact_slice, tmp_path / "s", loss="mse+structure"
+    )
+    report = distill(cfg, progress=False)
+    assert report["config"]["loss"] == "mse+structure" and report["steps"] > 0
+
+
 def test_bad_config_is_refused(tiny_model: Path, scifact_slice: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="the teacher has 2 layers"):
         distill(_config(tiny_model, "x:layers=0,5", scifact_slice, tmp_path / "o"), progress=False)

@@ -1,0 +1,171 @@
+"""The distillation comparison table on a BEIR folder, in one run.
+
+    python bench/distill_table.py --model teacher=all-mpnet-base-v2 \
+        --model minilm=all-MiniLM-L6-v2 --model student=runs/demo/student \
+        --model student+int8=runs/demo/student@onnx-int8 [--out bench/out]
+
+For each model: nDCG@10 and Recall@100 on the test split (corpus embeddings through
+the embedding cache), corpus docs/s and single-query ms measured now on the same
+passages and queries for every model, size on disk, and a paired test of per-query
+nDCG@10 against the first model (the teacher): mean difference, 95 % bootstrap
+interval, permutation p-value. Writes table.md, results.json and pareto.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from search.assets import embeddings_dir, resolve_model
+from search.corpus import load_beir
+from search.embed_cache import EmbeddingCache
+from search.encoder import load_encoder
+from search.evaluate import corpus_texts, evaluate
+from search.significance import paired_test
+
+DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) / "scifact"
+
+
+def size_mb(folder: Path, backend: str) -> float:
+    """Bytes the chosen artifact needs: the ONNX file, or the torch weights + config."""
+    if backend == "onnx-int8":
+        return (folder / "onnx" / "model_int8.onnx").stat().st_size / 2**20
+    if backend == "onnx":
+        return sum(p.stat().st_size for p in (folder / "onnx").glob("model.onnx*")) / 2**20
+    return (
+        sum(
+            p.stat().st_size
+            for p in folder.rglob("*")
+            if p.is_file() and not {"onnx", ".git"} & set(p.relative_to(folder).parts)
+        )
+        / 2**20
+    )
+
+
+def measure(spec: str, backend: str, passages: list[str], queries: list[str]) -> dict[str, Any]:
+    encoder = load_encoder(spec, backend=backend)  # type: ignore[arg-type]
+    encoder.encode(passages[:8])
+    t0 = time.perf_counter()
+    encoder.encode(passages, batch_size=32)
+    docs_per_s = len(passages) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for q in queries:
+        encoder.encode([q], batch_size=1)
+    return {
+        "docs_per_s": docs_per_s,
+        "query_ms": 1000 * (time.perf_counter() - t0) / len(queries),
+        "backend": encoder.backend,
+    }
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["docs_per_s"], r["ndcg@10"], s=40)
+        ax.annotate(
+            r["label"],
+            (r["docs_per_s"], r["ndcg@10"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    front = []
+    for r in sorted(rows, key=lambda r: -r["docs_per_s"]):
+        if not front or r["ndcg@10"] > front[-1]["ndcg@10"]:
+            front.append(r)
+    ax.plot(
+        [r["docs_per_s"] for r in front],
+        [r["ndcg@10"] for r in front],
+        "--",
+        lw=1,
+        label="Pareto front",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("corpus encoding, docs/s (log, 2 CPU cores)")
+    ax.set_ylabel("nDCG@10 (SciFact test)")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="LABEL=NAME_OR_PATH[@backend]; the first is the reference",
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--speed-docs", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    args = parser.parse_args()
+
+    corpus, queries, qrels = load_beir(args.data, args.split)
+    _, texts = corpus_texts(corpus)
+    passages = random.Random(0).sample(texts, min(args.speed_docs, len(texts)))
+    speed_queries = list(queries.values())[:32]
+    rows: list[dict[str, Any]] = []
+    for item in args.model:
+        label, _, spec = item.partition("=")
+        spec, _, backend = spec.partition("@")
+        backend = backend or "torch"
+        encoder = load_encoder(spec, backend=backend)  # type: ignore[arg-type]
+        cache = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim)
+        if backend != "torch":  # quantised vectors differ: cache them under their own key
+            cache = EmbeddingCache(embeddings_dir(), f"{encoder.model_hash}-{backend}", encoder.dim)
+        report = evaluate(encoder, corpus, queries, qrels, cache=cache)
+        report.update(measure(spec, backend, passages, speed_queries))
+        report.update(label=label, size_mb=size_mb(resolve_model(spec), backend))
+        rows.append(report)
+        print(
+            f"{label}: nDCG@10 {report['ndcg@10']:.4f} docs/s {report['docs_per_s']:.1f}",
+            flush=True,
+        )
+    ref = rows[0]
+    lines = [
+        f"| model | nDCG@10 | Recall@100 | docs/s | x {ref['label']} | query ms | size MB "
+        f"| ΔnDCG@10 vs {ref['label']} [95% CI] | p |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for r in rows:
+        test = paired_test(r["per_query_ndcg@10"], ref["per_query_ndcg@10"])
+        r["vs_reference"] = test.__dict__
+        ratio = r["docs_per_s"] / ref["docs_per_s"]
+        cells = [
+            r["label"],
+            f"{r['ndcg@10']:.4f}",
+            f"{r['recall@100']:.4f}",
+            f"{r['docs_per_s']:.1f}",
+            f"{ratio:.1f}",
+            f"{r['query_ms']:.1f}",
+            f"{r['size_mb']:.0f}",
+            f"{test.mean_diff:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}]",
+            f"{test.p_value:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = "\n".join(lines)
+    (args.out / "table.md").write_text(table + "\n")
+    for r in rows:
+        r.pop("per_query_ndcg@10")
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args.out / "pareto.png")
+    print(table)
+    print(f"wrote {args.out}/table.md, results.json, pareto.png")
+
+
+if __name__ == "__main__":
+    main()
