@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -16,8 +19,9 @@ from api.batching import MicroBatcher, OverloadedError
 from api.engine import Engine, EngineHolder, load_engine
 from api.metrics import Metrics
 from api.middleware import BodyGuardMiddleware, MetricsMiddleware
+from api.openapi import openapi_with_limits
 from api.routes import admin, documents, health, info, search, ui
-from api.service import Service
+from api.service import Service, clean_text
 from api.settings import Settings
 from search.bm25_index import has_bm25, load_bm25
 from search.retriever import Retriever
@@ -48,6 +52,23 @@ def _set_torch_threads(n: int | None) -> None:
 
 async def _overloaded(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own 422, except that echoed input is made safe to encode: JSON may
+    # carry unpaired surrogates ("\ud800"), which UTF-8 cannot.
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": _clean(jsonable_encoder(errors))}, status_code=422)
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -109,6 +130,8 @@ def create_app(settings: Settings, *, retriever: Retriever | None = None) -> Fas
     for module in (health, search, documents, admin, info, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+    app.openapi = openapi_with_limits(app, settings)  # type: ignore[method-assign]
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(OverloadedError, _overloaded)
     app.add_exception_handler(Exception, _server_error)
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)

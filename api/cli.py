@@ -381,7 +381,7 @@ def serve(
         read_manifest(index)
     except DistilsearchError as exc:
         fail(str(exc))
-    given = {"host": host, "port": port, "model": model, "backend": backend}
+    given: dict[str, Any] = {"host": host, "port": port, "model": model, "backend": backend}
     try:
         settings = Settings(index_dir=index, **{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:

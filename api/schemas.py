@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 2 and 2.0 are integers; true and "2" are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+MaybeInt = Annotated[int | None, BeforeValidator(_json_integer)]
 
 
 class _Strict(BaseModel):
@@ -16,7 +26,7 @@ class _Strict(BaseModel):
 
 class SearchRequest(_Strict):
     query: str = Field(min_length=1, description="The query text (at most max_query_chars).")
-    k: int | None = Field(
+    k: MaybeInt = Field(
         None,
         ge=1,
         description="Number of hits, at most the service's max_k; default 10 (or max_k).",
@@ -30,7 +40,7 @@ class BatchSearchRequest(_Strict):
     queries: list[str] = Field(
         min_length=1, description="Query texts (at most max_batch_queries of them)."
     )
-    k: int | None = Field(
+    k: MaybeInt = Field(
         None, ge=1, description="Hits per query, at most max_k; default 10 (or max_k)."
     )
     mode: Mode = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,19 @@ from search.types import DistilsearchError, Hit
 logger = logging.getLogger(__name__)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether `text` holds an unpaired UTF-16 surrogate (JSON allows ``"\\ud800"``)."""
+    return _SURROGATE.search(text) is not None
+
+
+def clean_text(text: str) -> str:
+    """`text` with unpaired surrogates replaced by U+FFFD, safe to encode as UTF-8."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def invalid(loc: Sequence[str | int], msg: str, value: Any) -> RequestValidationError:
     """A 422 shaped like pydantic's own errors, so every 422 reads the same."""
     return RequestValidationError(
@@ -37,12 +51,14 @@ def check_query(query: str, settings: Settings, loc: Sequence[str | int]) -> str
     stripped = query.strip()
     if not stripped:
         raise invalid(loc, "query is empty or only whitespace; send some words", query)
-    if len(stripped) > settings.max_query_chars:
+    if len(query) > settings.max_query_chars:
         raise invalid(
             loc,
-            f"query is {len(stripped)} characters; the limit is {settings.max_query_chars}",
+            f"query is {len(query)} characters; the limit is {settings.max_query_chars}",
             query[:80],
         )
+    if has_surrogate(query):
+        raise invalid(loc, "query holds an unpaired UTF-16 surrogate; send valid Unicode", query)
     return stripped
 
 

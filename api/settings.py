@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     max_batch_queries: int = Field(64, ge=1, description="Most queries in one /search/batch.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body (413).")
     max_upsert_docs: int = Field(1000, ge=1, description="Most documents in one POST /documents.")
-    max_doc_chars: int = Field(100_000, ge=1, description="Longest title + text accepted.")
+    max_doc_chars: int = Field(
+        100_000, ge=1, description="Longest document id, title or text accepted."
+    )
 
     # Micro-batching of query encoding.
     batch_max_size: int = Field(32, ge=1, description="Most queries encoded together; 1: off.")

@@ -343,7 +343,7 @@ def test_failed_reload_keeps_the_old_index(tiny_model: Path, tmp_path: Path) -> 
 def test_upsert_and_delete_are_searchable_at_once(tiny_model: Path, tmp_path: Path) -> None:
     idx = make_index(tiny_model, tmp_path / "idx", bm25=True)
     auth = {"X-API-Key": KEY}
-    settings = Settings(index_dir=idx, api_key=KEY, max_upsert_docs=2)
+    settings = Settings(index_dir=idx, api_key=KEY, max_upsert_docs=2, max_doc_chars=100)
     with TestClient(create_app(settings)) as c:
         new = {"id": "d9", "title": "Ferrets", "text": "Ferrets are playful mustelids."}
         r = c.post("/documents", json={"documents": [new]}, headers=auth)
@@ -366,11 +366,16 @@ def test_upsert_and_delete_are_searchable_at_once(tiny_model: Path, tmp_path: Pa
         assert c.post("/search", json={"query": "ferrets", "mode": "bm25"}).json()["hits"] == []
         assert c.delete("/documents/d9", headers=auth).status_code == 404
         assert c.get("/ready").json()["generation"] == 4
+        long = {**new, "text": "x" * 101}
+
+        twice = [new, {**new, "title": "Polecats"}]  # a repeated id: the last one wins
+        body = c.post("/documents", json={"documents": twice}, headers=auth).json()
+        assert body["added"] == 1 and c.get("/documents/d9").json()["title"] == "Polecats"
 
         for docs, fragment in [
-            ([new, new], "duplicate id 'd9'"),
             ([new, {**new, "id": "x"}, {**new, "id": "y"}], "the limit is 2"),
             ([{**new, "text": ""}], "at least 1 character"),
+            ([long], "text is 101 characters; the limit is 100"),
             ([{**new, "id": 5}], "valid string"),
         ]:
             r = c.post("/documents", json={"documents": docs}, headers=auth)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from search.hybrid import convex, fuse, fuse_results, min_max, rrf
@@ -68,3 +70,23 @@ def test_fuse_results_keeps_inputs_and_cuts_at_k() -> None:
     assert list(out["q1"]) == ["a", "c"]
     assert list(out["q2"]) == ["x"]
     assert (repr(dense), repr(sparse)) == before
+
+
+def test_evaluate_hybrid_ends_match_each_side(tiny_model: Path, scifact_slice: Path) -> None:
+    """weight 1 is the dense ranking and weight 0 the BM25 ranking (RRF keeps ranks)."""
+    from search.corpus import load_beir
+    from search.encoder import load_encoder
+    from search.evaluate import evaluate, evaluate_hybrid
+
+    encoder = load_encoder(tiny_model)
+    corpus, queries, qrels = load_beir(scifact_slice, "test")
+    dense = evaluate(encoder, corpus, queries, qrels, progress=False)
+    bm25 = evaluate(None, corpus, queries, qrels, progress=False)
+    for weight, side in ((1.0, dense), (0.0, bm25)):
+        got = evaluate_hybrid(
+            encoder, corpus, queries, qrels, progress=False, method="rrf", weight=weight
+        )
+        assert got["ndcg@10"] == pytest.approx(side["ndcg@10"])
+    mixed = evaluate_hybrid(encoder, corpus, queries, qrels, progress=False, method="convex")
+    assert mixed["model"].startswith("hybrid(") and mixed["fusion"] == "convex"
+    assert 0 < mixed["ndcg@10"] <= 1

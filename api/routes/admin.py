@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import AdminDep, EngineDep, ServiceDep
 from api.schemas import ADMIN_ERRORS, ErrorOut, ReloadResult, UpdateResult, UpsertRequest
-from api.service import Service, invalid
+from api.service import Service, has_surrogate, invalid
 from search.types import DistilsearchError
 
 router = APIRouter(tags=["admin"], dependencies=[AdminDep])
@@ -60,7 +60,10 @@ async def _write(service: Service, work: Callable[[], dict[str, Any]]) -> Update
 
 @router.post("/documents", response_model=UpdateResult, responses=ADMIN_ERRORS)
 async def upsert(body: UpsertRequest, engine: EngineDep, service: ServiceDep) -> UpdateResult:
-    """Add documents, or replace those whose id exists; they are searchable on return."""
+    """Add documents, or replace those whose id exists; they are searchable on return.
+
+    When one request repeats an id, the last of its documents wins.
+    """
     settings = service.settings
     docs = body.documents
     if len(docs) > settings.max_upsert_docs:
@@ -69,18 +72,21 @@ async def upsert(body: UpsertRequest, engine: EngineDep, service: ServiceDep) ->
             f"{len(docs)} documents; the limit is {settings.max_upsert_docs} per request",
             len(docs),
         )
-    seen: set[str] = set()
     for i, doc in enumerate(docs):
-        if doc.id in seen:
-            raise invalid(("body", "documents", i, "id"), f"duplicate id {doc.id!r}", doc.id)
-        seen.add(doc.id)
-        if len(doc.title) + len(doc.text) > settings.max_doc_chars:
-            raise invalid(
-                ("body", "documents", i, "text"),
-                f"title + text is {len(doc.title) + len(doc.text)} characters; "
-                f"the limit is {settings.max_doc_chars}",
-                doc.id,
-            )
+        for name in ("id", "title", "text"):
+            value = getattr(doc, name)
+            if len(value) > settings.max_doc_chars:
+                raise invalid(
+                    ("body", "documents", i, name),
+                    f"{name} is {len(value)} characters; the limit is {settings.max_doc_chars}",
+                    value[:80],
+                )
+            if has_surrogate(value):
+                raise invalid(
+                    ("body", "documents", i, name),
+                    f"{name} holds an unpaired UTF-16 surrogate; send valid Unicode",
+                    value[:80],
+                )
     upsert_documents, _ = _update_functions()
     triples = [(d.id, d.title, d.text) for d in docs]
     encoder = engine.retriever.encoder
