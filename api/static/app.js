@@ -87,6 +87,7 @@
       about.textContent = `Searching ${info.index.size.toLocaleString()} documents with ` +
         `${info.model.name} (${info.model.backend}, ${info.model.dim}-d).`;
       indexInfo.textContent = `${info.index.factory} index · generation ${info.generation}`;
+      input.maxLength = info.limits.max_query_chars;
       if (!info.bm25.available) {
         for (const value of ["bm25", "hybrid"]) {
           const radio = form.querySelector(`input[value=${value}]`);
