@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -40,6 +40,7 @@ IVFDATA_FILE = "index.ivfdata"
 DOCSTORE_FILE = "docs.sqlite"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # format 1: no tombstones table, no search parameters
+_LOAD_TRIES = 20
 
 # Search parameters an index chain takes, by the FAISS class that reads them.
 SEARCH_PARAMS = {"nprobe": "IVF", "efSearch": "HNSW", "k_factor": "Refine"}
@@ -84,9 +85,13 @@ class IndexFolder:
         return dict(self.manifest.get("search_params") or {})
 
     def search_parameters(
-        self, overrides: Mapping[str, float] | None = None
+        self, overrides: Mapping[str, float] | None = None, k: int = 0
     ) -> tuple[faiss.SearchParameters | None, bool, list[Any]]:
         """FAISS search parameters: the stored ones updated with `overrides`.
+
+        Args:
+            overrides: Values replacing the stored ones for this search.
+            k: Results wanted; HNSW's ``efSearch`` is raised to at least `k`.
 
         Returns:
             ``(params, excludes_tombstones, keep_alive)``: `params` to pass to
@@ -96,7 +101,7 @@ class IndexFolder:
         """
         wanted = {**self.search_params, **(overrides or {})}
         exclude = self._exclude[0] if self._exclude is not None else None
-        return make_search_params(self.index, wanted, exclude)
+        return make_search_params(self.index, wanted, exclude, k=k)
 
     def close(self) -> None:
         self.store.close()
@@ -127,7 +132,11 @@ def index_kind(index: faiss.Index) -> str:
 
 
 def make_search_params(
-    index: faiss.Index, params: Mapping[str, float], exclude: faiss.IDSelector | None = None
+    index: faiss.Index,
+    params: Mapping[str, float],
+    exclude: faiss.IDSelector | None = None,
+    *,
+    k: int = 0,
 ) -> tuple[faiss.SearchParameters | None, bool, list[Any]]:
     """Build FAISS search parameters for `index` from plain values.
 
@@ -135,6 +144,8 @@ def make_search_params(
         index: Any index; wrappers (IDMap, PreTransform, Refine) are looked through.
         params: Any of ``nprobe`` (IVF), ``efSearch`` (HNSW), ``k_factor`` (Refine).
         exclude: A selector of ids to skip (tombstones), applied where FAISS can.
+        k: Results wanted: HNSW explores at least `k` candidates (``efSearch >= k``),
+            else it returns fewer than `k` hits.
 
     Returns:
         See `IndexFolder.search_parameters`.
@@ -142,7 +153,8 @@ def make_search_params(
     Raises:
         ValueError: a parameter is unknown or the index does not take it.
     """
-    kinds = [index_kind(i) for i in index_chain(index)]
+    chain = list(index_chain(index))
+    kinds = [index_kind(i) for i in chain]
     for name in params:
         if name not in SEARCH_PARAMS:
             raise ValueError(
@@ -156,15 +168,15 @@ def make_search_params(
             )
     keep: list[Any] = []
     inner: faiss.SearchParameters | None = None
-    for kind in reversed(kinds):  # innermost first, so Refine can wrap its base's params
+    for link, kind in zip(reversed(chain), reversed(kinds), strict=True):  # innermost first
         if kind == "IVF":
             inner = faiss.SearchParametersIVF()
             if "nprobe" in params:
                 inner.nprobe = int(params["nprobe"])
         elif kind == "HNSW":
             hnsw: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            if "efSearch" in params:
-                hnsw.efSearch = int(params["efSearch"])
+            stored = cast(Any, link).hnsw.efSearch
+            hnsw.efSearch = max(int(params.get("efSearch", stored)), k)
             inner = hnsw
         elif kind == "Refine":
             refine = faiss.IndexRefineSearchParameters()
@@ -253,16 +265,28 @@ def load_index_folder(path: Path, *, mmap: bool = False) -> IndexFolder:
             ``ondisk`` (their ``index.ivfdata`` is always mapped). Other types (HNSW,
             in-memory IVF, refine) are read into RAM. ``IO_FLAG_MMAP`` is never used on
             IVF: faiss-cpu 1.15.1 crashed searching an on-disk IVF index opened so.
+
+    The files are read by name; if a writer swaps in a new version meanwhile (the
+    manifest changed), loading starts again, so the parts always match.
+
+    Raises:
+        DataError: not an index folder.
     """
-    manifest = read_manifest(path)
-    # ONDISK_SAME_DIR: find index.ivfdata beside index.faiss wherever the folder moved.
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR
-    if mmap and manifest.get("index_class", "").split(">")[-1].startswith("IndexFlat"):
-        flags |= faiss.IO_FLAG_MMAP_IFC
-    index = faiss.read_index(str(path / INDEX_FILE), flags)
+    for _ in range(_LOAD_TRIES):
+        manifest = read_manifest(path)
+        # ONDISK_SAME_DIR: find index.ivfdata beside index.faiss wherever the folder moved.
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR
+        if mmap and manifest.get("index_class", "").split(">")[-1].startswith("IndexFlat"):
+            flags |= faiss.IO_FLAG_MMAP_IFC
+        index = faiss.read_index(str(path / INDEX_FILE), flags)
+        store = DocStore(path / DOCSTORE_FILE)
+        if read_manifest(path) == manifest:  # no new version was swapped in meanwhile
+            break
+        store.close()
+    else:
+        raise DataError(f"{path} kept changing while it was loaded; try again")
     if mmap and not flags & faiss.IO_FLAG_MMAP_IFC and not (path / IVFDATA_FILE).is_file():
         logger.info("%s: this index type is read into RAM (only flat and on-disk IVF map)", path)
-    store = DocStore(path / DOCSTORE_FILE)
     return IndexFolder(path, manifest, index, store, store.tombstones())
 
 

@@ -82,13 +82,15 @@ class Retriever:
         index = self.folder.index
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         k = max(1, min(k, self.folder.count))
-        sp, filtered, _keep = self.folder.search_parameters(params)
+        _, filtered, _ = self.folder.search_parameters(params)  # validates params too
         fetch = k if filtered else min(index.ntotal, k + len(self.folder.tombstones))
         while True:
+            sp, _, _keep = self.folder.search_parameters(params, k=fetch)
             scores, rows = index.search(queries, max(fetch, 1), params=sp)
             out = self._hits(scores, rows, k)
-            if all(len(h) >= k for h in out) or fetch >= index.ntotal:
-                return out
+            short = any(len(h) < k for h in out)
+            if not short or not len(self.folder.tombstones) or fetch >= index.ntotal:
+                return out  # more candidates only help when some were dead
             fetch = min(index.ntotal, 2 * fetch)  # a few doublings at most
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[list[Hit]]:
