@@ -1,0 +1,337 @@
+"""Load test of the HTTP service: student vs teacher, micro-batching on vs off, in one run.
+
+    python bench/load.py [--student all-MiniLM-L6-v2|PATH] [--requests 400]
+                         [--levels 1,8,16,32] [--rss-requests 10000] [--teacher-docs N]
+
+Builds (once, cached under ~/.cache/distilsearch/bench) a Flat index of SciFact for
+the student and one for the teacher from the embedding cache, starts the real server
+(`distilsearch serve`, uvicorn on 127.0.0.1, a free port) for each, and drives it
+with SciFact test queries over HTTP (httpx, async) at each concurrency level: a
+bounded number of requests, each level also bounded in time. Prints p50/p95/p99
+latency, QPS and errors per level; the student's RSS before and after
+``--rss-requests`` requests; student QPS over teacher QPS; and the gain of
+micro-batching over one-at-a-time encoding (the student server restarted with
+``DISTILSEARCH_BATCH_MAX_SIZE=1``).
+
+The teacher's corpus embeddings come from the embedding cache only: with
+``--teacher-docs cached`` (the default) the teacher index holds the documents whose
+embeddings are cached, so this script never encodes the corpus with the teacher.
+Query encoding, the thing measured, is the same either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+from indexer.build import build_index
+from search.assets import cache_dir, embeddings_dir, resolve_model
+from search.corpus import load_beir
+from search.embed_cache import EmbeddingCache
+from search.encoder import Encoder, load_encoder
+from search.index_folder import read_manifest
+from search.types import DataError, document_text
+
+DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) / "scifact"
+READY_TIMEOUT_S = 600
+WARMUP = 32
+
+
+@dataclass
+class Level:
+    """One concurrency level against one server."""
+
+    server: str
+    clients: int
+    requests: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    qps: float
+
+
+def _docs(data: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
+    corpus, queries, qrels = load_beir(data, "test")
+    docs = [(i, d.get("title", ""), d["text"]) for i, d in corpus.items()]
+    return docs, [queries[q] for q in queries if q in qrels]
+
+
+def _index(
+    name: str,
+    encoder: Encoder,
+    model: str,
+    docs: list[tuple[str, str, str]],
+    root: Path,
+    *,
+    cached_only: bool,
+) -> Path:
+    """A Flat index of `docs` for `encoder` under `root`, built once from the cache."""
+    cache = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim)
+    if cached_only:
+        _, missing = cache.lookup([document_text(t, x) for _, t, x in docs])
+        gone = set(missing)
+        docs = [d for i, d in enumerate(docs) if i not in gone]
+        if not docs:
+            raise DataError(
+                f"no {name} corpus embeddings are cached yet (model hash "
+                f"{encoder.model_hash}); encode some first or pass --teacher-docs all"
+            )
+    out = root / f"{name}-{encoder.model_hash}-{len(docs)}"
+    try:
+        if read_manifest(out)["count"] == len(docs):
+            return out
+    except DataError:
+        pass
+    print(f"building the {name} index: {len(docs)} documents, from the embedding cache")
+    build_index(
+        encoder,
+        docs,
+        out,
+        factory="Flat",
+        cache=cache,
+        model_path=str(resolve_model(model)),
+        total=len(docs),
+        bm25=False,
+    )
+    return out
+
+
+class Server:
+    """`distilsearch serve` in a subprocess on 127.0.0.1 and a free port."""
+
+    def __init__(self, index: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = log.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from api.cli import main; main()",
+                "serve",
+                "--index",
+                str(index),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ],
+            env={**os.environ, **env},
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited; see {self.log}:\n{self.log.read_text()}")
+            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", self.log.read_text())
+            if found:
+                url = found.group(1)
+                if httpx.get(url + "/ready", timeout=10).status_code == 200:
+                    return url
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server was not ready after {READY_TIMEOUT_S} s; see {self.log}")
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+        self._out.close()
+
+
+async def _drive(
+    url: str, queries: list[str], clients: int, requests: int, max_s: float
+) -> tuple[list[float], int, float]:
+    """Send `requests` searches from `clients` concurrent clients (stop at `max_s`).
+
+    Returns:
+        (latencies in ms of the successful requests, errors, wall seconds).
+    """
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        t0 = time.perf_counter()
+        deadline = t0 + max_s
+
+        async def worker() -> None:
+            nonlocal sent, errors
+            while sent < requests and time.perf_counter() < deadline:
+                query = queries[sent % len(queries)]
+                sent += 1
+                start = time.perf_counter()
+                try:
+                    r = await client.post("/search", json={"query": query, "k": 10})
+                    ok = r.status_code == 200 and len(r.json()["hits"]) == 10
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(1000 * (time.perf_counter() - start))
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return latencies, errors, time.perf_counter() - t0
+
+
+def measure(
+    server: str, url: str, queries: list[str], clients: int, requests: int, max_s: float
+) -> Level:
+    lat, errors, wall = asyncio.run(_drive(url, queries, clients, requests, max_s))
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99]) if lat else (float("nan"),) * 3
+    return Level(server, clients, len(lat) + errors, errors, p50, p95, p99, len(lat) / wall)
+
+
+def _run_server(
+    name: str,
+    index: Path,
+    env: dict[str, str],
+    queries: list[str],
+    levels: list[int],
+    args: argparse.Namespace,
+    logs: Path,
+    rss_requests: int = 0,
+) -> tuple[list[Level], dict[str, float]]:
+    server = Server(index, env, logs / f"{name}.log")
+    try:
+        measure(name, server.url, queries, 4, WARMUP, args.max_seconds)
+        rows = []
+        for clients in levels:
+            row = measure(name, server.url, queries, clients, args.requests, args.max_seconds)
+            print(_fmt(row), flush=True)
+            rows.append(row)
+        rss: dict[str, float] = {}
+        if rss_requests:
+            rss["before_mb"] = server.rss_mb()
+            row = measure(name, server.url, queries, 16, rss_requests, 20 * args.max_seconds)
+            rss.update(after_mb=server.rss_mb(), requests=row.requests, errors=row.errors)
+            rss["qps"] = row.qps
+        return rows, rss
+    finally:
+        server.stop()
+
+
+def _fmt(r: Level) -> str:
+    return (
+        f"{r.server:<22} {r.clients:>7} {r.requests:>8} {r.errors:>6} "
+        f"{r.p50_ms:>8.1f} {r.p95_ms:>8.1f} {r.p99_ms:>8.1f} {r.qps:>8.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", default="all-MiniLM-L6-v2", help="model name or folder")
+    parser.add_argument("--teacher", default="all-mpnet-base-v2")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--requests", type=int, default=400, help="requests per level")
+    parser.add_argument("--levels", default="1,8,16,32", help="concurrent clients")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="time cap per level")
+    parser.add_argument("--rss-requests", type=int, default=10_000)
+    parser.add_argument(
+        "--teacher-docs", default="cached", help="cached: only cached embeddings; all"
+    )
+    parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=cache_dir() / "bench")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args()
+
+    levels = [int(x) for x in args.levels.split(",")]
+    docs, queries = _docs(args.data)
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.torch_threads:
+        env["DISTILSEARCH_TORCH_THREADS"] = str(args.torch_threads)
+    student = load_encoder(args.student)
+    s_index = _index("student", student, args.student, docs, args.out, cached_only=False)
+    teacher = load_encoder(args.teacher, backend="torch")
+    t_index = _index(
+        "teacher", teacher, args.teacher, docs, args.out, cached_only=args.teacher_docs == "cached"
+    )
+    del student, teacher
+    logs = Path(tempfile.mkdtemp(prefix="distilsearch-load-"))
+    print(
+        f"{len(queries)} SciFact test queries, k=10, dense; {os.cpu_count()} CPUs; "
+        f"{args.requests} requests per level (at most {args.max_seconds:g} s); logs in {logs}"
+    )
+    header = f"{'server':<22} {'clients':>7} {'requests':>8} {'errors':>6} "
+    print(header + f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'QPS':>8}")
+    s_rows, rss = _run_server(
+        f"student ({read_manifest(s_index)['count']} docs)",
+        s_index,
+        env,
+        queries,
+        levels,
+        args,
+        logs,
+        rss_requests=args.rss_requests,
+    )
+    one = [c for c in (16, 32) if c in levels]
+    o_rows, _ = _run_server(
+        "student, no batching",
+        s_index,
+        {**env, "DISTILSEARCH_BATCH_MAX_SIZE": "1"},
+        queries,
+        one,
+        args,
+        logs,
+    )
+    t_rows, _ = _run_server(
+        f"teacher ({read_manifest(t_index)['count']} docs)",
+        t_index,
+        {**env, "DISTILSEARCH_BACKEND": "torch"},
+        queries,
+        levels,
+        args,
+        logs,
+    )
+    summary: dict[str, Any] = {"rss": rss}
+    print()
+    if rss:
+        print(
+            f"student RSS: {rss['before_mb']:.0f} MB before, {rss['after_mb']:.0f} MB after "
+            f"{rss['requests']} requests ({rss['errors']} errors, {rss['qps']:.0f} QPS)"
+        )
+    for s, t in zip(s_rows, t_rows, strict=True):
+        ratio = s.qps / t.qps
+        summary[f"qps_ratio_{s.clients}"] = ratio
+        print(f"{s.clients:>3} clients: student/teacher QPS {ratio:5.1f}x, p99 {s.p99_ms:.1f} ms")
+    for o in o_rows:
+        b = next(s for s in s_rows if s.clients == o.clients)
+        summary[f"batching_gain_{o.clients}"] = b.qps / o.qps
+        print(
+            f"{o.clients:>3} clients: micro-batching {b.qps:.0f} QPS vs one at a time "
+            f"{o.qps:.0f} QPS ({b.qps / o.qps:.1f}x); p99 {b.p99_ms:.1f} vs {o.p99_ms:.1f} ms"
+        )
+    total_errors = sum(r.errors for r in (*s_rows, *o_rows, *t_rows)) + int(rss.get("errors", 0))
+    print(f"errors: {total_errors}")
+    if args.json:
+        rows = [asdict(r) for r in (*s_rows, *o_rows, *t_rows)]
+        args.json.write_text(json.dumps({"levels": rows, **summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
