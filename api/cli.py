@@ -279,13 +279,13 @@ def eval_(
     path = _data_path(data)
     progress = not as_json or sys.stderr.isatty()
     try:
+        # The model first: a bad model name fails before the corpus is read.
+        encoder = None if mode == "bm25" else load_encoder(model or "", backend=backend)  # type: ignore[arg-type]
         corpus, queries, qrels = load_beir(path, split)
-        if mode == "bm25":
+        if encoder is None:
             report = evaluate(None, corpus, queries, qrels, progress=progress)
             label = "bm25"
         else:
-            assert model is not None
-            encoder = load_encoder(model, backend=backend)  # type: ignore[arg-type]
             emb = (
                 EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim) if cache else None
             )
@@ -299,7 +299,7 @@ def eval_(
                     batch_size=batch_size,
                     progress=progress,
                 )
-                label = model
+                label = str(model)
             else:
                 report = evaluate_hybrid(
                     encoder,
