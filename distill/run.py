@@ -149,6 +149,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         max_minutes=config.max_minutes,
         eval_steps=config.eval_steps,
         seed=config.seed,
+        teacher=teacher_vecs[: len(train)] if config.loss == "mse+structure" else None,
     )
     after = heldout(student)
     if after["fidelity_cosine"] < before["fidelity_cosine"]:
@@ -194,6 +195,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
             "lr": config.lr,
             "max_minutes": config.max_minutes,
             "max_texts": config.max_texts,
+            "loss": config.loss,
             "seed": config.seed,
         },
     }
