@@ -60,6 +60,8 @@ class DistillConfig:
         extra_texts: User text files, one text a line.
         generic_texts: Generic queries file (None: none).
         holdout: Fraction of texts held out to measure fidelity.
+        val_queries: Queries used to gate the student on retrieval quality.
+        val_docs: Documents those queries are searched over (judged ones included).
         loss: ``mse`` (embedding matching) or ``mse+structure`` (plus the in-batch
             similarity-matrix term of `distill.losses`).
     """
@@ -80,6 +82,8 @@ class DistillConfig:
     eval_steps: int = 50
     max_seq_length: int | None = None
     loss: str = "mse"
+    val_queries: int = 300
+    val_docs: int = 1000
 
     def validate(self) -> StudentSpec:
         """Check values; return the parsed student spec.

@@ -3,6 +3,7 @@ with a report and a model card."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -13,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import DistillConfig
+from distill.gate import (
+    ModelEncoder,
+    ValidationSet,
+    reserve_train_queries,
+    sample_corpus,
+    score,
+    teacher_qrels,
+)
 from distill.student import build_student, count_parameters
 from distill.targets import fit_target_map
 from distill.texts import collect_texts
@@ -20,6 +29,7 @@ from distill.train import FidelityEvaluator, train_student
 from search.assets import atomic_write_text, embeddings_dir, model_hash, resolve_model
 from search.embed_cache import EmbeddingCache
 from search.encoder import TorchEncoder
+from search.types import Qrels, Queries
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +51,14 @@ def _seconds_per_text(encode: Any, texts: list[str]) -> float:
     t0 = time.perf_counter()
     encode(texts)
     return (time.perf_counter() - t0) / len(texts)
+
+
+def _gate_line(gate: dict[str, Any]) -> str:
+    return (
+        f"{gate['before']:.4f} -> {gate['after']:.4f} (teacher {gate['teacher']:.4f}) on "
+        f"{gate['queries']} queries x {gate['docs']} docs, {gate['source']}; "
+        f"emitted {gate['emitted']} weights"
+    )
 
 
 def model_card(report: dict[str, Any]) -> str:
@@ -100,18 +118,43 @@ def _publish(student: Any, out: Path, report: dict[str, Any]) -> None:
         os.replace(tmp, out)
 
 
+def _validation_set(
+    config: DistillConfig,
+    val_queries: Queries,
+    val_qrels: Qrels,
+    held: list[str],
+    query_texts: set[str],
+    teacher: TorchEncoder,
+    cache: EmbeddingCache,
+) -> ValidationSet:
+    """Train queries with qrels when the dataset has them, else teacher-judged queries."""
+    if val_queries:
+        judged = {d for rels in val_qrels.values() for d in rels}
+        corpus = sample_corpus(config.data, judged, config.val_docs, config.seed)
+        return ValidationSet(corpus, val_queries, val_qrels, "train qrels")
+    picked = [t for t in held if t in query_texts][: config.val_queries]
+    if len(picked) < 5:  # no query-like texts held out: use held-out texts of any kind
+        picked = held[: config.val_queries]
+    queries = {f"v{i}": t for i, t in enumerate(picked)}
+    corpus = sample_corpus(config.data, set(), config.val_docs, config.seed)
+    qrels = teacher_qrels(teacher, cache, queries, corpus)
+    return ValidationSet(corpus, queries, qrels, "teacher top-10")
+
+
 def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run a whole distillation; return its report (also written to ``out/``)."""
     spec = config.validate()
     t_start = time.perf_counter()
     teacher_folder = resolve_model(config.teacher)
     teacher = TorchEncoder(teacher_folder, name=config.teacher)
+    val_queries, val_qrels = reserve_train_queries(config.data, config.val_queries, config.seed)
     texts = collect_texts(
         config.data,
         max_texts=config.max_texts,
         generic=config.generic_texts,
         extra=config.extra_texts,
         seed=config.seed,
+        exclude=set(val_queries.values()),
     )
     pool = texts.all
     if len(pool) < 20:
@@ -135,6 +178,20 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     targets = tmap.apply(teacher_vecs)
     heldout = FidelityEvaluator(held, targets[len(train) :])
     before = heldout(student)
+    val = _validation_set(config, val_queries, val_qrels, held, texts.all_queries(), teacher, cache)
+    student_cache = None
+    if spec.model is not None:
+        folder = resolve_model(spec.model)
+        student_cache = EmbeddingCache(embeddings_dir(), model_hash(folder), int(s0.shape[1]))
+    gate: dict[str, Any] = {
+        "metric": "ndcg@10",
+        "source": val.source,
+        "queries": len(val.queries),
+        "docs": len(val.corpus),
+        "teacher": score(teacher, val, cache),
+        "before": score(ModelEncoder(student, "initial", model_hash="x"), val, student_cache),
+    }
+    initial_state = copy.deepcopy(student.state_dict())
 
     work = config.out.with_name(f".{config.out.name}.work")
     info = train_student(
@@ -151,13 +208,19 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         seed=config.seed,
         teacher=teacher_vecs[: len(train)] if config.loss == "mse+structure" else None,
     )
-    after = heldout(student)
-    if after["fidelity_cosine"] < before["fidelity_cosine"]:
+    gate["after"] = score(ModelEncoder(student, "trained"), val)
+    gate["emitted"] = "trained"
+    if gate["after"] < gate["before"]:
         logger.warning(
-            "training lowered held-out fidelity (%.4f -> %.4f)",
-            before["fidelity_cosine"],
-            after["fidelity_cosine"],
+            "the trained student retrieves worse than the initial one on %s (nDCG@10 %.4f < "
+            "%.4f); emitting the initial weights",
+            val.source,
+            gate["after"],
+            gate["before"],
         )
+        student.load_state_dict(initial_state)
+        gate["emitted"] = "initial"
+    after = heldout(student)
     speed_texts = held[:64]
     teacher_spt = _seconds_per_text(lambda t: teacher.encode(t), speed_texts)
     student_spt = _seconds_per_text(
@@ -182,6 +245,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
             "cosine": after["fidelity_cosine"],
         },
         **info,
+        "gate": gate,
         "params": {
             "teacher": count_parameters(teacher.model),
             "student": count_parameters(student),

@@ -27,6 +27,11 @@ class TrainingTexts:
     def all(self) -> list[str]:
         return [t for texts in self.by_source.values() for t in texts]
 
+    def all_queries(self) -> set[str]:
+        """Query-like texts: train queries, generic queries and user texts."""
+        kinds = ("train_queries", "generic", "user")
+        return {t for k in kinds for t in self.by_source.get(k, [])}
+
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.by_source.items()}
 
@@ -55,6 +60,7 @@ def collect_texts(
     generic: Path | None = None,
     extra: Sequence[Path] = (),
     seed: int = 42,
+    exclude: set[str] | None = None,
 ) -> TrainingTexts:
     """Collect up to `max_texts` training texts.
 
@@ -63,6 +69,7 @@ def collect_texts(
         max_texts: Total budget.
         generic: File of generic queries, one a line.
         extra: User files of texts, one a line.
+        exclude: Texts never to use (e.g. queries reserved for validation).
     """
     rng = random.Random(seed)
     docs, sentences = [], []
@@ -71,7 +78,7 @@ def collect_texts(
         sentences.extend(split_sentences(text))
     train_queries = list(load_queries(data, "train").values()) if data.is_dir() else []
     user = [t for path in extra for t in _read_lines(path)]
-    seen: set[str] = set()
+    seen: set[str] = set(exclude or ())
     out: dict[str, list[str]] = {}
     for name, pool in (
         ("documents", docs),

@@ -21,7 +21,8 @@ def test_smaller_student_learns_pca_targets(
 ) -> None:
     out = tmp_path / "student"
     report = distill(
-        _config(tiny_model_64, str(tiny_model), scifact_slice, out, epochs=3.0, max_texts=120), progress=False
+        _config(tiny_model_64, str(tiny_model), scifact_slice, out, epochs=3.0, max_texts=120),
+        progress=False,
     )
     loaded = SentenceTransformer(str(out), device="cpu")
     assert loaded.get_embedding_dimension() == 32
@@ -65,3 +66,34 @@ def test_bad_config_is_refused(tiny_model: Path, scifact_slice: Path, tmp_path: 
             _config(tiny_model, "x:layers=0", scifact_slice, tmp_path / "o", max_minutes=0),
             progress=False,
         )
+
+
+def test_gate_uses_train_qrels_and_keeps_them_out_of_training(
+    tiny_model_64: Path, tiny_model: Path, scifact: Path, tmp_path: Path
+) -> None:
+    from distill.gate import reserve_train_queries
+
+    cfg = _config(
+        tiny_model_64, str(tiny_model), scifact, tmp_path / "g", val_queries=30, val_docs=200
+    )
+    report = distill(cfg, progress=False)
+    gate = report["gate"]
+    assert gate["source"] == "train qrels" and gate["queries"] == 30 and gate["docs"] == 200
+    assert gate["emitted"] in {"trained", "initial"}
+    if gate["emitted"] == "initial":
+        assert gate["after"] < gate["before"]
+    reserved, _ = reserve_train_queries(scifact, 30, cfg.seed)
+    from distill.texts import collect_texts
+
+    used = collect_texts(scifact, max_texts=40, generic=None, exclude=set(reserved.values()))
+    assert not set(used.all) & set(reserved.values())
+
+
+def test_gate_falls_back_to_teacher_judgements(
+    tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    report = distill(
+        _config(tiny_model_64, str(tiny_model), scifact_slice, tmp_path / "t"), progress=False
+    )
+    assert report["gate"]["source"] == "teacher top-10"
+    assert report["gate"]["teacher"] == 1.0  # the teacher agrees with itself

@@ -1,0 +1,100 @@
+"""Gating a trained student on measured retrieval quality, never on loss alone.
+
+A validation set is carved from data the student may see, never from test queries:
+the dataset's ``train`` queries with their qrels when it has them (those queries are
+then kept out of the training texts), else held-out queries judged by the teacher's
+own top-10 ("teacher agreement"). Documents: every judged document plus a seeded
+sample of the corpus, so the cost stays bounded on large corpora.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.corpus import iter_documents, load_beir
+from search.embed_cache import EmbeddingCache
+from search.encoder import Encoder
+from search.evaluate import corpus_texts, evaluate, exact_search
+from search.types import Corpus, Qrels, Queries
+
+
+@dataclass
+class ValidationSet:
+    """Queries, judgements and documents to score students on.
+
+    Attributes:
+        source: ``train qrels`` or ``teacher top-10``.
+    """
+
+    corpus: Corpus
+    queries: Queries
+    qrels: Qrels
+    source: str
+
+
+class ModelEncoder:
+    """An in-memory `SentenceTransformer` seen through the `Encoder` protocol."""
+
+    backend = "torch"
+
+    def __init__(self, model: Any, name: str, model_hash: str = "unsaved") -> None:
+        self.model, self.name, self.model_hash = model, name, model_hash
+        self.dim = int(model.get_embedding_dimension())
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 32, show_progress: bool = False
+    ) -> np.ndarray:
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+def reserve_train_queries(data: Path, n: int, seed: int) -> tuple[Queries, Qrels]:
+    """Up to `n` judged ``train`` queries of a BEIR folder (empty when it has none)."""
+    if not (data.is_dir() and (data / "qrels" / "train.tsv").is_file()):
+        return {}, {}
+    _, queries, qrels = load_beir(data, "train")
+    ids = sorted(q for q in queries if q in qrels)
+    keep = random.Random(seed).sample(ids, min(n, len(ids)))
+    return {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}
+
+
+def sample_corpus(data: Path, must: set[str], size: int, seed: int) -> Corpus:
+    """The documents in `must` plus a seeded sample, `size` in all when possible."""
+    docs = {i: {"title": t, "text": x} for i, t, x in iter_documents(data)}
+    others = sorted(set(docs) - must)
+    fill = random.Random(seed).sample(others, max(0, min(len(others), size - len(must))))
+    return {i: docs[i] for i in sorted(must & set(docs)) + fill}
+
+
+def teacher_qrels(
+    teacher: Encoder, cache: EmbeddingCache | None, queries: Queries, corpus: Corpus, k: int = 10
+) -> Qrels:
+    """The teacher's top-`k` documents of each query, as binary judgements."""
+    doc_ids, texts = corpus_texts(corpus)
+    qids = list(queries)
+    qtexts = [queries[q] for q in qids]
+    if cache is not None:
+        dvecs, _ = cache.encode(teacher, texts, progress=False)
+        qvecs, _ = cache.encode(teacher, qtexts, progress=False)
+    else:
+        dvecs, qvecs = teacher.encode(texts), teacher.encode(qtexts)
+    results = exact_search(qvecs, dvecs, qids, doc_ids, k)
+    return {q: {d: 1 for d in hits} for q, hits in results.items()}
+
+
+def score(encoder: Encoder, val: ValidationSet, cache: EmbeddingCache | None = None) -> float:
+    """nDCG@10 of `encoder` on the validation set."""
+    report = evaluate(encoder, val.corpus, val.queries, val.qrels, cache=cache, progress=False)
+    return float(report["ndcg@10"])
