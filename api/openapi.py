@@ -15,7 +15,11 @@ from fastapi.openapi.utils import get_openapi
 
 from api.settings import Settings
 
-NOT_BLANK = r"\S"  # at least one non-whitespace character
+# At least one character that is not whitespace as Python's str.strip() sees it. The
+# class is spelled out because regex engines disagree on \s (ECMA's leaves out
+# U+001C..U+001F and U+0085, which strip() removes).
+WHITESPACE_CLASS = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = f"[^{WHITESPACE_CLASS}]"
 
 
 def _text(schema: dict[str, Any], max_chars: int) -> None:

@@ -436,3 +436,14 @@ def test_settings_safe_defaults_and_env(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert KEY not in repr(s) and KEY not in str(s.model_dump())
     with pytest.raises(ValidationError, match="at least 16 characters"):
         Settings(index_dir=tmp_path, api_key="short")
+
+
+def test_the_schema_pattern_matches_what_strip_removes() -> None:
+    import re
+
+    from api.openapi import NOT_BLANK
+
+    blank = re.compile(f"^(?!.*{NOT_BLANK})", re.S)
+    for code in range(0x3100):  # every whitespace character is below U+3100
+        ch = chr(code)
+        assert bool(blank.match(ch)) == (ch.strip() == ""), hex(code)

@@ -40,7 +40,14 @@ def api_schema(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> An
     idx = tmp_path_factory.mktemp("fuzz") / "idx"
     build_index(load_encoder(tiny_model), DOCS, idx, model_path=str(tiny_model), progress=False)
     app = create_app(
-        Settings(index_dir=idx, api_key=KEY, max_k=20, max_upsert_docs=5, max_batch_queries=4)
+        Settings(
+            index_dir=idx,
+            api_key=KEY,
+            max_k=20,
+            max_upsert_docs=3,
+            max_doc_chars=2000,
+            max_batch_queries=4,
+        )
     )
     # 413 (body over the size limit) is a right answer to invalid data too.
     config = SchemathesisConfig.from_dict(
