@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import AdminDep, EngineDep, ServiceDep
 from api.schemas import ADMIN_ERRORS, ErrorOut, ReloadResult, UpdateResult, UpsertRequest
 from api.service import Service, has_surrogate, invalid
+from indexer.update import delete_documents, upsert_documents
 from search.types import DistilsearchError
 
 router = APIRouter(tags=["admin"], dependencies=[AdminDep])
@@ -23,17 +24,6 @@ router = APIRouter(tags=["admin"], dependencies=[AdminDep])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such document."}
 }
-
-
-def _update_functions() -> tuple[Callable[..., dict[str, Any]], Callable[..., dict[str, Any]]]:
-    try:
-        from indexer.update import delete_documents, upsert_documents
-    except ImportError as exc:
-        raise HTTPException(
-            status_code=503,
-            detail=f"document updates are not available in this build ({exc})",
-        ) from exc
-    return upsert_documents, delete_documents
 
 
 async def _write(service: Service, work: Callable[[], dict[str, Any]]) -> UpdateResult:
@@ -87,7 +77,6 @@ async def upsert(body: UpsertRequest, engine: EngineDep, service: ServiceDep) ->
                     f"{name} holds an unpaired UTF-16 surrogate; send valid Unicode",
                     value[:80],
                 )
-    upsert_documents, _ = _update_functions()
     triples = [(d.id, d.title, d.text) for d in docs]
     encoder = engine.retriever.encoder
     async with service.admin_lock:
@@ -103,7 +92,6 @@ async def upsert(body: UpsertRequest, engine: EngineDep, service: ServiceDep) ->
 )
 async def delete(doc_id: str, engine: EngineDep, service: ServiceDep) -> UpdateResult:
     """Remove one document; it is gone from search results on return."""
-    _, delete_documents = _update_functions()
     async with service.admin_lock:
         current = service.holder.current or engine
         if await run_in_threadpool(current.retriever.folder.store.by_id, doc_id) is None:
