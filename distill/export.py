@@ -1,0 +1,376 @@
+"""Export a sentence-transformers folder to one ONNX graph: tokens in, unit vectors out.
+
+The graph holds transformer, pooling (as the folder's ``Pooling`` config says), any
+``Dense`` heads and L2 normalisation, so `search.onnx_encoder.OnnxEncoder` only
+tokenises. It is written to ``<folder>/onnx/model.onnx`` after its embeddings are
+checked against torch's on real texts; an export that disagrees is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.assets import atomic_write_text, model_hash
+from search.onnx_encoder import (
+    FP32_FILE,
+    INPUT_NAMES,
+    INT8_FILE,
+    MANIFEST,
+    ONNX_DIR,
+    OnnxEncoder,
+    read_manifest,
+)
+from search.types import DistilsearchError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CompressionError", "export_onnx"]
+
+MIN_EXPORT_COSINE = 0.999
+POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len_tokens")
+_HEADS = ("Dense", "Normalize", "Dropout", "LayerNorm")  # allowed after pooling
+_OPSET = 17
+
+
+class CompressionError(DistilsearchError):
+    """An export, quantization or reduction failed its quality check or cannot be made."""
+
+
+def pool_tokens(hidden: Any, mask: Any, modes: Sequence[str]) -> Any:
+    """Pool token embeddings into one vector per text, as sentence-transformers does.
+
+    Args:
+        hidden: float tensor (batch, seq, hidden), the transformer's last hidden state.
+        mask: int tensor (batch, seq), 1 for real tokens and 0 for padding.
+        modes: Pooling modes, concatenated in this order (``cls``, ``mean``, ``max``,
+            ``mean_sqrt_len_tokens``).
+
+    Returns:
+        float tensor (batch, hidden * len(modes)), not normalised.
+    """
+    import torch
+
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    counts = weights.sum(dim=1).clamp(min=1e-9)
+    parts = []
+    for mode in modes:
+        if mode == "cls":
+            parts.append(hidden[:, 0])
+        elif mode == "mean":
+            parts.append((hidden * weights).sum(dim=1) / counts)
+        elif mode == "mean_sqrt_len_tokens":
+            parts.append((hidden * weights).sum(dim=1) / counts.sqrt())
+        elif mode == "max":
+            masked = torch.where(weights > 0, hidden, torch.full_like(hidden, -1e9))
+            parts.append(masked.max(dim=1).values)
+        else:
+            raise CompressionError(
+                f"pooling mode {mode!r} has no ONNX export here; supported: "
+                f"{', '.join(POOLING_MODES)}"
+            )
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def _sentence_graph(model: Any) -> tuple[Any, list[str], dict[str, Any]]:
+    """Wrap a loaded `SentenceTransformer` as a module mapping token tensors to unit vectors.
+
+    Returns:
+        (torch module taking the input names in order, those names, facts for the manifest).
+    """
+    import inspect
+
+    import torch
+
+    modules = list(model)
+    kinds = [type(m).__name__ for m in modules]
+    if len(modules) < 2 or kinds[0] != "Transformer" or kinds[1] != "Pooling":
+        raise CompressionError(
+            f"cannot export modules {kinds}: expected Transformer, Pooling, then any of "
+            f"{', '.join(_HEADS)}; use the torch backend for this model"
+        )
+    odd = [k for k in kinds[2:] if k not in _HEADS]
+    if odd:
+        raise CompressionError(
+            f"cannot export modules {odd} after pooling (supported: {', '.join(_HEADS)}); "
+            "use the torch backend for this model"
+        )
+    rewired = [
+        k
+        for m, k in zip(modules[2:], kinds[2:], strict=True)
+        if getattr(m, "module_input_name", "sentence_embedding") != "sentence_embedding"
+        or getattr(m, "module_output_name", "sentence_embedding") != "sentence_embedding"
+    ]
+    if rewired:
+        raise CompressionError(
+            f"modules {rewired} read or write features other than sentence_embedding; "
+            "the ONNX export supports only heads on the pooled vector — use the torch backend"
+        )
+    pooling = modules[1].pooling_mode
+    modes = [pooling] if isinstance(pooling, str) else list(pooling)
+    bad = [m for m in modes if m not in POOLING_MODES]
+    if bad:
+        raise CompressionError(
+            f"pooling mode {bad} has no ONNX export here; supported: {', '.join(POOLING_MODES)}"
+        )
+    transformer = modules[0].auto_model
+    accepted = inspect.signature(transformer.forward).parameters
+    wanted = getattr(model.tokenizer, "model_input_names", list(INPUT_NAMES))
+    names = [n for n in INPUT_NAMES if n in accepted and (n in wanted or n == "attention_mask")]
+    # Dropout is the identity at inference; a Normalize before a Dense matters.
+    heads = [(m, k) for m, k in zip(modules[2:], kinds[2:], strict=True) if k != "Dropout"]
+
+    class SentenceGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+            self.heads = torch.nn.ModuleList([m for m, _ in heads])
+            self.kinds = [k for _, k in heads]
+
+        def forward(self, *tensors: Any) -> Any:
+            inputs = dict(zip(names, tensors, strict=True))
+            hidden = self.transformer(**inputs, return_dict=True).last_hidden_state
+            emb = pool_tokens(hidden, inputs["attention_mask"], modes)
+            for head, kind in zip(self.heads, self.kinds, strict=True):
+                if kind == "Normalize":
+                    emb = torch.nn.functional.normalize(emb, p=2.0, dim=-1)
+                else:
+                    emb = head({"sentence_embedding": emb})["sentence_embedding"]
+            return torch.nn.functional.normalize(emb, p=2.0, dim=-1)
+
+    facts = {"pooling": modes, "heads": kinds[2:], "inputs": names}
+    return SentenceGraph().eval(), names, facts
+
+
+def _export(model: Any, path: Path, opset: int) -> dict[str, Any]:
+    import torch
+
+    graph, names, facts = _sentence_graph(model)
+    # A padded batch of two lengths, so the trace keeps the attention mask.
+    sample = model.tokenizer(
+        ["a", "an example sentence, long enough to need padding"],
+        padding=True,
+        return_tensors="pt",
+    )
+    args = tuple(sample[n] for n in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["sentence_embedding"] = {0: "batch"}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter is deprecated but needs no onnxscript and traces
+        # transformers 5 models cleanly; its tracer warnings are about shape checks.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            args,
+            str(path),
+            input_names=names,
+            output_names=["sentence_embedding"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    _consolidate(path)
+    return facts
+
+
+def _consolidate(path: Path) -> None:
+    """Gather weights the exporter wrote as many external files (models > 2 GB) into one."""
+    extra = [p for p in path.parent.iterdir() if p != path]
+    if not extra:
+        return
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=True)
+    for p in extra:
+        p.unlink()
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+    )
+
+
+def files_mb(paths: Sequence[Path]) -> float:
+    """Total size of existing files, in MiB."""
+    return sum(p.stat().st_size for p in paths if p.is_file()) / 2**20
+
+
+def onnx_files(folder: Path, file_name: str) -> list[Path]:
+    """An ONNX model file and its external-data file, where there is one."""
+    base = folder / ONNX_DIR / file_name
+    return [base, base.with_name(base.name + ".data")]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (n, d) arrays."""
+    na = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(na, 1e-12)
+
+
+def timed_encode(encode: Callable[[list[str]], Any], texts: list[str]) -> tuple[np.ndarray, float]:
+    """(vectors, texts per second) of one call after a two-text warm-up."""
+    encode(texts[:2])
+    t0 = time.perf_counter()
+    vecs = encode(texts)
+    return np.asarray(vecs, dtype=np.float32), len(texts) / (time.perf_counter() - t0)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``onnx/manifest.json`` atomically, readable by all like the model files."""
+    path = folder / ONNX_DIR / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    path.chmod(0o644)
+
+
+def update_manifest(folder: Path, **entries: Any) -> dict[str, Any]:
+    """Merge `entries` into ``onnx/manifest.json``; return the result."""
+    manifest = read_manifest(folder)
+    manifest.update(entries)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def check_texts(texts: Sequence[str], what: str) -> list[str]:
+    """The non-empty texts of `texts`; `ValueError` when there are none."""
+    if isinstance(texts, str):
+        raise ValueError(f"{what} needs a list of texts, got one string")
+    kept = [t for t in texts if t.strip()]
+    if not kept:
+        raise ValueError(f"{what} needs at least one non-empty text to check the result on")
+    return kept
+
+
+def export_onnx(
+    folder: Path,
+    texts: Sequence[str],
+    *,
+    min_cosine: float = MIN_EXPORT_COSINE,
+    opset: int = _OPSET,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Export a sentence-transformers folder to ``<folder>/onnx/model.onnx``.
+
+    The graph maps ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the
+    model takes them), int64 (batch, sequence) with both axes dynamic, to
+    ``sentence_embedding``, float32 (batch, dim), L2-normalised. Before it is published
+    it is run with onnxruntime on `texts` and compared with torch. A previous
+    ``model_int8.onnx`` is removed (it was made from the previous graph).
+
+    Args:
+        folder: A saved sentence-transformers model folder (written into).
+        texts: Texts to check the export on (a few dozen real ones are plenty).
+        min_cosine: Refuse the export when the mean cosine between ONNX and torch
+            embeddings of `texts` is below this.
+        opset: ONNX opset version.
+        batch_size: Batch size for both encoders in the check.
+
+    Returns:
+        Report: ``cosine_mean``/``cosine_min`` to torch, ``size_mb``, ``torch_docs_per_s``,
+        ``onnx_docs_per_s``, ``speedup``, ``export_seconds``, ``path`` and graph facts.
+
+    Raises:
+        CompressionError: the model has modules that cannot be exported, or the export
+            disagrees with torch (the message gives the cosines); nothing is written then.
+    """
+    checked = check_texts(texts, "export_onnx")
+    from sentence_transformers import SentenceTransformer
+
+    t0 = time.perf_counter()
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True).eval()
+    out_dir = folder / ONNX_DIR
+    tmp = out_dir / f".export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        facts = _export(model, tmp / FP32_FILE, opset)
+        export_seconds = time.perf_counter() - t0
+        ref, torch_speed = timed_encode(
+            lambda t: model.encode(
+                t,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ),
+            checked,
+        )
+        candidate = OnnxEncoder(folder, model_file=tmp / FP32_FILE)
+        vecs, onnx_speed = timed_encode(
+            lambda t: candidate.encode(t, batch_size=batch_size), checked
+        )
+        cos = cosines(vecs, ref)
+        report: dict[str, Any] = {
+            "path": str(out_dir / FP32_FILE),
+            "cosine_mean": round(float(cos.mean()), 6),
+            "cosine_min": round(float(cos.min()), 6),
+            "num_texts": len(checked),
+            "size_mb": round(files_mb(list(tmp.iterdir())), 1),
+            "torch_docs_per_s": round(torch_speed, 1),
+            "onnx_docs_per_s": round(onnx_speed, 1),
+            "speedup": round(onnx_speed / torch_speed, 2),
+            "export_seconds": round(export_seconds, 1),
+            "opset": opset,
+            "dim": candidate.dim,
+            **facts,
+        }
+        if report["cosine_mean"] < min_cosine:
+            raise CompressionError(
+                f"ONNX export of {folder} disagrees with torch: mean cosine "
+                f"{report['cosine_mean']:.6f} (min {report['cosine_min']:.6f}) over "
+                f"{len(checked)} texts, need >= {min_cosine}; nothing was written. "
+                "Check the model's modules or export with another opset"
+            )
+        for stale in onnx_files(folder, FP32_FILE) + onnx_files(folder, INT8_FILE):
+            stale.unlink(missing_ok=True)
+        for path in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".onnx"):
+            os.replace(path, out_dir / path.name)  # data file first, graph last
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    manifest = read_manifest(folder)
+    manifest.pop(INT8_FILE, None)
+    manifest.update(
+        model_hash=model_hash(folder),
+        dim=report["dim"],
+        max_seq_length=int(model.max_seq_length or candidate.max_seq_length),
+        inputs=facts["inputs"],
+        pooling=facts["pooling"],
+        heads=facts["heads"],
+        opset=opset,
+        versions=_versions(),
+    )
+    manifest[FP32_FILE] = {"cosine_to_torch": report["cosine_mean"], "size_mb": report["size_mb"]}
+    write_manifest(folder, manifest)
+    logger.info(
+        "exported %s: cosine %.6f, %.1f MB, %.1fx torch speed",
+        report["path"],
+        report["cosine_mean"],
+        report["size_mb"],
+        report["speedup"],
+    )
+    return report
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }

@@ -1,0 +1,134 @@
+"""Int8 quantization: the search for fp32 MatMuls, the quality gate, what gets written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.export import export_onnx
+from distill.quantize import (
+    QualityGate,
+    _search,
+    _Trial,
+    activation_ranges,
+    gate_decision,
+    quantize_int8,
+    weight_matmuls,
+)
+from search.encoder import Encoder, available_backends, load_encoder
+from search.onnx_encoder import OnnxEncoder
+
+TEXTS = [
+    "Cats purr when they are content.",
+    "Protein folding determines the structure of enzymes in cells.",
+    "What causes cancer?",
+    "Dogs are loyal animals kept as pets and for herding sheep.",
+    "A compiler translates source code into machine code.",
+    "Vitamin D deficiency is linked to bone loss in older adults.",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(shutil.copytree(tiny_model, tmp_path_factory.mktemp("quant") / "m"))
+    export_onnx(folder, TEXTS)
+    return folder
+
+
+@pytest.fixture
+def fresh(exported: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(exported, tmp_path / "m"))
+
+
+def test_gate_decision_by_hand() -> None:
+    gate = QualityGate(min_cosine=0.99, max_relative_drop=0.01)
+    assert gate_decision(gate, 0.995) == (
+        True,
+        "cosine to fp32 0.9950 >= 0.99 (no retrieval check)",
+    )
+    passed, why = gate_decision(gate, 0.98, 0.5, 0.5)
+    assert not passed and "0.9800 < 0.99" in why
+    assert gate_decision(gate, 0.995, 0.500, 0.496)[0]  # 0.8 % drop
+    passed, why = gate_decision(gate, 0.995, 0.500, 0.490)  # 2 % drop
+    assert not passed and "relative drop 2.00 %" in why and "0.4900 vs fp32 0.5000" in why
+    assert gate_decision(gate, 0.995, 0.5, 0.6)[0]  # int8 better: fine
+
+
+def _fake_trial(keep: int, cosine: float) -> _Trial:
+    return _Trial(keep, Path("x"), None, 1.0, cosine, cosine, 1.0)  # type: ignore[arg-type]
+
+
+def test_search_doubles_then_bisects() -> None:
+    tried: list[int] = []
+
+    def try_keep(keep: int) -> _Trial:
+        tried.append(keep)
+        return _fake_trial(keep, 0.999 if keep >= 5 else 0.9)
+
+    trials = _search(try_keep, n=40, min_cosine=0.99, max_trials=10)
+    assert tried == [0, 1, 2, 4, 8, 6, 5]
+    assert min(t.keep for t in trials if t.cosine_mean >= 0.99) == 5
+    tried.clear()
+    _search(try_keep, n=40, min_cosine=0.99, max_trials=3)
+    assert tried == [0, 1, 2]  # budget respected, nothing passes
+    tried.clear()
+    _search(try_keep, n=3, min_cosine=0.99, max_trials=10)
+    assert tried == [0, 1, 2, 3]  # capped at every node, then gives up
+
+
+def test_activation_ranges_cover_weight_matmuls(exported: Path) -> None:
+    src = exported / "onnx" / "model.onnx"
+    ranges = activation_ranges(src, OnnxEncoder(exported), TEXTS)
+    nodes = [name for name, _ in weight_matmuls(src)]
+    assert sorted(ranges) == sorted(nodes) and len(nodes) == 2 * 6  # 2 layers: q k v o up down
+    assert all(np.isfinite(v) and v > 1 for v in ranges.values())
+    assert not list((exported / "onnx").glob(".probe-*"))
+
+
+def test_quantize_writes_int8_that_agrees(fresh: Path) -> None:
+    report = quantize_int8(fresh, TEXTS)
+    assert report["written"] and (fresh / "onnx" / "model_int8.onnx").is_file()
+    assert report["cosine_mean"] >= 0.99 and report["size_mb"] < report["fp32_size_mb"]
+    assert report["trials"][0]["fp32_nodes"] == 0
+    int8 = OnnxEncoder(fresh, quantized=True)
+    fp32 = OnnxEncoder(fresh)
+    cos = np.sum(int8.encode(TEXTS) * fp32.encode(TEXTS), axis=1)
+    assert cos.mean() == pytest.approx(report["cosine_mean"], abs=1e-4)
+    assert available_backends(fresh)[0] == "onnx-int8"
+    assert load_encoder(fresh).backend == "onnx-int8"
+    manifest = json.loads((fresh / "onnx" / "manifest.json").read_text())
+    assert manifest["model_int8.onnx"]["written"] is True and manifest["dim"] == 32
+    assert not list((fresh / "onnx").glob(".int8-*"))
+
+
+def test_retrieval_gate_refuses_and_deletes_old_int8(fresh: Path) -> None:
+    seen: list[str] = []
+
+    def evaluate(encoder: Encoder) -> float:  # int8 loses 5 % of the metric
+        seen.append(encoder.backend)
+        return 0.50 if encoder.backend == "onnx" else 0.475
+
+    old = fresh / "onnx" / "model_int8.onnx"
+    old.write_bytes(b"an int8 model from an earlier run")
+    report = quantize_int8(fresh, TEXTS, QualityGate(evaluate=evaluate, max_relative_drop=0.01))
+    assert seen == ["onnx", "onnx-int8"]
+    assert not report["written"] and not old.exists()
+    assert report["relative_drop"] == pytest.approx(0.05)
+    assert "relative drop 5.00 %" in report["reason"]
+    assert available_backends(fresh) == ["onnx", "torch"]
+
+    lenient = QualityGate(evaluate=evaluate, max_relative_drop=0.06)
+    assert quantize_int8(fresh, TEXTS, lenient)["written"]
+
+
+def test_cosine_gate_refuses_after_keeping_more_in_fp32(fresh: Path) -> None:
+    report = quantize_int8(fresh, TEXTS, QualityGate(min_cosine=1.01), max_trials=3)
+    assert not report["written"] and "< 1.01" in report["reason"]
+    assert [t["fp32_nodes"] for t in report["trials"]] == [0, 1, 2]
+    assert not (fresh / "onnx" / "model_int8.onnx").exists()
+    manifest = json.loads((fresh / "onnx" / "manifest.json").read_text())
+    assert manifest["model_int8.onnx"]["written"] is False
