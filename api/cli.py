@@ -74,6 +74,9 @@ def distill(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     loss: Annotated[str, typer.Option(help="mse or mse+structure.")] = "mse",
+    compress: Annotated[
+        bool, typer.Option(help="Export ONNX and int8 (behind the quality gate) afterwards.")
+    ] = True,
     verbose: Verbose = False,
 ) -> None:
     """Distill the teacher into a smaller student by embedding matching (MSE)."""
@@ -95,6 +98,7 @@ def distill(
             lr=lr,
             seed=seed,
             loss=loss,
+            compress=compress,
         )
         report = run_distill(config)
     except (DistilsearchError, ValueError) as exc:
@@ -140,6 +144,9 @@ def index(
     cache: Annotated[
         bool, typer.Option(help="Also reuse/fill the embedding cache (holds it all in RAM).")
     ] = False,
+    on_disk: Annotated[
+        bool, typer.Option("--on-disk", help="IVF lists in a memory-mapped file (less RAM).")
+    ] = False,
     bm25: Annotated[bool, typer.Option(help="Also write the BM25 index.")] = True,
     verbose: Verbose = False,
 ) -> None:
@@ -150,7 +157,7 @@ def index(
     from indexer.update import upsert_documents
     from search.assets import embeddings_dir, resolve_model
     from search.corpus import Fields, ReadReport, count_documents, fingerprint, iter_records
-    from search.embed_cache import EmbeddingCache
+    from search.embed_cache import cache_for
     from search.encoder import load_encoder
 
     path = _data_path(data)
@@ -179,7 +186,7 @@ def index(
             dask = DaskEngine(
                 scheduler, model=model_path, backend=encoder.backend, batch_size=batch_size
             )
-        emb = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim) if cache else None
+        emb = cache_for(encoder, embeddings_dir()) if cache else None
         key = json.dumps([fingerprint(path), fields.id, fields.title, fields.text, on_error])
         try:
             manifest = build_index(
@@ -199,6 +206,7 @@ def index(
                 work_dir=work_dir,
                 engine=dask,
                 target_recall=target_recall,
+                ondisk=on_disk,
                 bm25=bm25,
             )
         finally:
@@ -266,7 +274,7 @@ def eval_(
     _setup(verbose)
     from search.assets import embeddings_dir
     from search.corpus import load_beir
-    from search.embed_cache import EmbeddingCache
+    from search.embed_cache import cache_for
     from search.encoder import load_encoder
     from search.evaluate import evaluate, evaluate_hybrid
 
@@ -286,9 +294,7 @@ def eval_(
             report = evaluate(None, corpus, queries, qrels, progress=progress)
             label = "bm25"
         else:
-            emb = (
-                EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim) if cache else None
-            )
+            emb = cache_for(encoder, embeddings_dir()) if cache else None
             if mode == "dense":
                 report = evaluate(
                     encoder,

@@ -21,7 +21,7 @@ from search.assets import (
     resolve_model,
 )
 from search.corpus import iter_documents, load_beir
-from search.embed_cache import EmbeddingCache
+from search.embed_cache import cache_for
 from search.encoder import load_encoder
 from search.evaluate import evaluate
 from search.index_folder import read_manifest
@@ -63,7 +63,7 @@ def _index(student: Path, data: Path, out: Path) -> Path:
         pass
     print(f"[2/4] indexing {data.name} with the student", flush=True)
     total = sum(1 for _ in iter_documents(data))
-    cache = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim)
+    cache = cache_for(encoder, embeddings_dir())
     build_index(
         encoder, iter_documents(data), out, cache=cache, model_path=str(student), total=total
     )
@@ -90,7 +90,7 @@ def run_demo(
         ("student (distilled MiniLM)", str(student)),
     ):
         encoder = load_encoder(spec)
-        cache = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim)
+        cache = cache_for(encoder, embeddings_dir())
         report = evaluate(encoder, corpus, queries, qrels, cache=cache)
         report.pop("per_query_ndcg@10")
         report["model"] = label

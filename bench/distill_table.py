@@ -23,7 +23,7 @@ from typing import Any
 
 from search.assets import embeddings_dir, resolve_model
 from search.corpus import load_beir
-from search.embed_cache import EmbeddingCache
+from search.embed_cache import cache_for
 from search.encoder import load_encoder
 from search.evaluate import corpus_texts, evaluate
 from search.significance import paired_test
@@ -123,9 +123,7 @@ def main() -> None:
         spec, _, backend = spec.partition("@")
         backend = backend or "torch"
         encoder = load_encoder(spec, backend=backend)  # type: ignore[arg-type]
-        cache = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim)
-        if backend != "torch":  # quantised vectors differ: cache them under their own key
-            cache = EmbeddingCache(embeddings_dir(), f"{encoder.model_hash}-{backend}", encoder.dim)
+        cache = cache_for(encoder, embeddings_dir())  # int8 vectors are cached apart
         report = evaluate(encoder, corpus, queries, qrels, cache=cache)
         report.update(measure(spec, backend, passages, speed_queries))
         report.update(label=label, size_mb=size_mb(resolve_model(spec), backend))

@@ -41,7 +41,7 @@ import psutil
 from indexer.build import build_index
 from search.assets import cache_dir, embeddings_dir, resolve_model
 from search.corpus import load_beir
-from search.embed_cache import EmbeddingCache
+from search.embed_cache import cache_for
 from search.encoder import Encoder, load_encoder
 from search.index_folder import read_manifest
 from search.types import DataError, document_text
@@ -81,7 +81,7 @@ def _index(
     cached_only: bool,
 ) -> Path:
     """A Flat index of `docs` for `encoder` under `root`, built once from the cache."""
-    cache = EmbeddingCache(embeddings_dir(), encoder.model_hash, encoder.dim)
+    cache = cache_for(encoder, embeddings_dir())
     if cached_only:
         _, missing = cache.lookup([document_text(t, x) for _, t, x in docs])
         gone = set(missing)

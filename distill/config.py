@@ -60,6 +60,7 @@ class DistillConfig:
         extra_texts: User text files, one text a line.
         generic_texts: Generic queries file (None: none).
         holdout: Fraction of texts held out to measure fidelity.
+        compress: After training, export ONNX and try int8 (behind the quality gate).
         val_queries: Queries used to gate the student on retrieval quality.
         val_docs: Documents those queries are searched over (judged ones included).
         loss: ``mse`` (embedding matching) or ``mse+structure`` (plus the in-batch
@@ -83,6 +84,7 @@ class DistillConfig:
     max_seq_length: int | None = None
     loss: str = "mse"
     val_queries: int = 300
+    compress: bool = True
     val_docs: int = 1000
 
     def validate(self) -> StudentSpec:

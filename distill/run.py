@@ -83,6 +83,20 @@ def model_card(report: dict[str, Any]) -> str:
         ("target map energy kept", f"{report['target_map_explained']:.4f}"),
         ("speed vs teacher (same held-out texts)", f"{report['speed_ratio']:.1f}x"),
     ]
+    comp = report.get("compression", {})
+    if "onnx" in comp:
+        onnx = comp["onnx"]
+        rows.append(
+            (
+                "ONNX fp32",
+                f"cosine to torch {onnx['cosine_mean']:.5f}, "
+                f"{onnx['size_mb']:.0f} MB, {onnx['speedup']:.2f}x torch",
+            )
+        )
+    if "int8" in comp:
+        int8 = comp["int8"]
+        verdict = "written" if int8["written"] else "refused"
+        rows.append(("ONNX int8", f"{verdict}: {int8['reason']}"))
     lines = [
         f"# distilsearch student of {report['teacher']}",
         "",
@@ -265,4 +279,29 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     }
     _publish(student, config.out, report)
     shutil.rmtree(work, ignore_errors=True)
+    if config.compress:
+        report["compression"] = compress(config.out, held[:64], val)
+        report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        atomic_write_text(config.out / REPORT, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(config.out / "README.md", model_card(report))
     return report
+
+
+def compress(folder: Path, texts: list[str], val: ValidationSet) -> dict[str, Any]:
+    """ONNX export (checked against torch), then int8 behind the retrieval gate.
+
+    The int8 gate scores fp32 and int8 ONNX on the validation set (never test queries)
+    and refuses int8 when nDCG@10 drops more than 1 %.
+    """
+    from distill.export import CompressionError, export_onnx
+    from distill.quantize import QualityGate, quantize_int8, retrieval_metric
+
+    out: dict[str, Any] = {}
+    try:
+        out["onnx"] = export_onnx(folder, texts)
+        gate = QualityGate(evaluate=retrieval_metric(val.corpus, val.queries, val.qrels))
+        out["int8"] = quantize_int8(folder, texts, gate)
+    except CompressionError as exc:
+        logger.warning("compression stopped: %s", exc)
+        out["error"] = str(exc)
+    return out

@@ -29,6 +29,21 @@ _KEY_BYTES = 16
 _COMPACT_AT = 64
 
 
+def cache_key(encoder: Encoder) -> str:
+    """The cache folder name of an encoder: its model hash, plus the backend unless torch.
+
+    An ONNX or int8 artifact shares the model hash of its folder but not its vectors.
+    """
+    if encoder.backend == "torch":
+        return encoder.model_hash
+    return f"{encoder.model_hash}-{encoder.backend}"
+
+
+def cache_for(encoder: Encoder, root: Path) -> EmbeddingCache:
+    """The embedding cache of `encoder` under `root`."""
+    return EmbeddingCache(root, cache_key(encoder), encoder.dim)
+
+
 def text_key(text: str) -> bytes:
     """The cache key of a text: 16-byte blake2b digest of its UTF-8 bytes."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=_KEY_BYTES).digest()

@@ -10,10 +10,34 @@ from distill.run import REPORT, distill
 
 def _config(teacher: Path, student: str, data: Path, out: Path, **kw: object) -> DistillConfig:
     base = dict(
-        max_minutes=5.0, max_texts=40, generic_texts=None, batch_size=4, eval_steps=4, lr=1e-3
+        max_minutes=5.0,
+        max_texts=40,
+        generic_texts=None,
+        batch_size=4,
+        eval_steps=4,
+        lr=1e-3,
+        compress=False,
     )
     base.update(kw)
     return DistillConfig(teacher=str(teacher), student=student, data=data, out=out, **base)  # type: ignore[arg-type]
+
+
+def test_run_leaves_onnx_artifacts_behind_the_gate(
+    tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    from search.encoder import available_backends
+
+    out = tmp_path / "c"
+    report = distill(
+        _config(tiny_model_64, str(tiny_model), scifact_slice, out, compress=True), progress=False
+    )
+    comp = report["compression"]
+    assert comp["onnx"]["cosine_mean"] >= 0.999
+    assert (out / "onnx" / "model_int8.onnx").is_file() == comp["int8"]["written"]
+    assert "onnx" in available_backends(out)
+    saved = json.loads((out / REPORT).read_text())
+    assert saved["compression"]["int8"]["reason"] == comp["int8"]["reason"]
+    assert "ONNX fp32" in (out / "README.md").read_text()
 
 
 def test_smaller_student_learns_pca_targets(
