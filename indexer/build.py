@@ -36,12 +36,15 @@ from indexer.factory import (
     AUTO,
     choose_factory,
     default_memory_budget,
+    is_ivf,
     ivf_lists,
     make_index,
+    to_ondisk,
     train_size,
 )
 from indexer.publish import (
     check_replaceable,
+    index_mb,
     swap_in,
     temp_folder,
     versions,
@@ -49,13 +52,19 @@ from indexer.publish import (
     write_manifest,
     writer_lock,
 )
-from indexer.quality import drop_self, exact_neighbours, measure, tune
+from indexer.quality import exact_neighbours, lower_bound, measure, probe_queries, tune
 from indexer.shards import WorkDir, encode_sorted, read_shard, shard_holds, write_shard
 from search.corpus import ON_ERROR, ReadReport, Record, bad_record
 from search.docstore import DocStore
 from search.embed_cache import EmbeddingCache
 from search.encoder import Encoder
-from search.index_folder import DOCSTORE_FILE, FORMAT_VERSION, INDEX_FILE, index_class
+from search.index_folder import (
+    DOCSTORE_FILE,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    IVFDATA_FILE,
+    index_class,
+)
 from search.types import DataError, document_text
 
 logger = logging.getLogger(__name__)
@@ -64,7 +73,7 @@ Doc = tuple[str, str, str]  # (id, title, text)
 RECALL_K = 10
 _LOOKUP_BLOCK = 1000  # records whose ids are checked against the store together
 
-__all__ = ["LocalEngine", "Partition", "build_index", "make_index"]
+__all__ = ["LocalEngine", "Partition", "assemble", "build_index", "make_index", "measure_quality"]
 
 
 @dataclass(frozen=True)
@@ -226,16 +235,23 @@ def _sample_rows(count: int, size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(count, size=min(size, count), replace=False)).astype(np.int64)
 
 
-def _assemble(
+def assemble(
     work: WorkDir,
     count: int,
     dim: int,
     factory: str,
-    engine: Engine,
+    engine: Engine | None = None,
     *,
-    seed: int,
-    progress: bool,
+    seed: int = 0,
+    progress: bool = False,
 ) -> faiss.Index:
+    """Make the index, train it on a seeded sample of the shards, fill it from all of them.
+
+    The filling is done by `engine` (default: in this process).
+
+    Raises:
+        ValueError: the factory needs more training vectors than the corpus holds.
+    """
     index = make_index(factory, dim)
     if not index.is_trained:
         nlist = next((int(i.nlist) for i in _ivfs(index)), ivf_lists(count))
@@ -248,6 +264,8 @@ def _assemble(
             )
         index.train(sample)
         del sample
+    if engine is None:
+        return fill_from_shards(index, work, progress)
     return engine.fill(index, work, progress)
 
 
@@ -257,7 +275,7 @@ def _ivfs(index: faiss.Index) -> list[faiss.IndexIVF]:
     return [i for i in index_chain(index) if isinstance(i, faiss.IndexIVF)]
 
 
-def _quality(
+def measure_quality(
     index: faiss.Index,
     work: WorkDir,
     count: int,
@@ -267,24 +285,35 @@ def _quality(
     queries: int,
     seed: int,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Search parameters (tuned to `target` unless given) and the recall they reach."""
+    """Search parameters (tuned to `target` unless given) and the recall@10 they reach.
+
+    The queries are probes near `queries` vectors sampled from the shards (seeded,
+    see `indexer.quality.probe_queries`); their exact neighbours come from a pass
+    over all shards.
+
+    Returns:
+        ``(params, info)``: `info` holds ``recall_at_10`` and how it was measured.
+    """
     k = min(RECALL_K, count - 1)
     if k < 1:
         return dict(params or {}), {"recall_at_10": 1.0, "k": 0, "queries": 0}
     qrows = _sample_rows(count, queries, seed + 1)
-    qvecs = work.vectors_of(qrows)
-    truth = drop_self(exact_neighbours(qvecs, work.iter_shards(), k + 1), qrows, k)
+    base = work.vectors_of(qrows)
+    near, _ = exact_neighbours(base, work.iter_shards(), 2)  # itself, then its nearest
+    probes = probe_queries(base, near[:, 1], seed + 2)
+    truth = exact_neighbours(probes, work.iter_shards(), k)[1]
     if params is not None:
-        recall, tried = measure(index, qvecs, qrows, truth, params), list[dict[str, Any]]()
-        chosen = dict(params)
+        chosen, tried = dict(params), list[dict[str, Any]]()
+        per_query = measure(index, probes, truth, chosen)
     else:
-        chosen, recall, tried = tune(index, qvecs, qrows, truth, target)
+        chosen, per_query, tried = tune(index, probes, truth, target)
     info = {
-        "recall_at_10": round(recall, 4),
+        "recall_at_10": round(float(per_query.mean()), 4),
+        "recall_at_10_low95": round(lower_bound(per_query), 4),
         "k": k,
         "queries": len(qrows),
         "target": target,
-        "method": "sampled indexed vectors as queries (own id excluded) vs exact search",
+        "method": "probe queries near sampled vectors (indexer.quality.probe_queries) vs exact",
         "tried": tried,
     }
     return chosen, info
@@ -311,6 +340,7 @@ def build_index(
     target_recall: float = 0.95,
     search_params: dict[str, float] | None = None,
     recall_queries: int = 300,
+    ondisk: bool = False,
     bm25: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -339,9 +369,12 @@ def build_index(
         work_dir: Checkpoint folder (default ``.<out>.work`` beside `out`); on a
             cluster it must be shared with the workers.
         engine: Where to encode and fill (default `LocalEngine`).
-        target_recall: recall@10 the tuned search parameters must reach on the sample.
+        target_recall: recall@10 the tuned search parameters must reach on the sample
+            (its 95% lower confidence bound, see `indexer.quality.tune`).
         search_params: Search parameters to store instead of tuning them.
         recall_queries: Sampled vectors the recall is measured on.
+        ondisk: Keep an IVF index's inverted lists in ``index.ivfdata``, memory-mapped
+            when the folder is loaded (serving needs little RAM); ignored for other types.
         bm25: Also write the lexical index (`indexer.publish.write_extras`).
         seed: Seed of the training and recall samples.
 
@@ -395,10 +428,12 @@ def build_index(
         chosen = factory
         if factory == AUTO:
             chosen = choose_factory(count, encoder.dim, max_memory or default_memory_budget())
+        for stale in (INDEX_FILE, IVFDATA_FILE):  # left by a job killed after encoding
+            (work.path / stale).unlink(missing_ok=True)
         t1 = time.perf_counter()
-        index = _assemble(work, count, encoder.dim, chosen, engine, seed=seed, progress=progress)
+        index = assemble(work, count, encoder.dim, chosen, engine, seed=seed, progress=progress)
         assemble_seconds = time.perf_counter() - t1
-        params, quality = _quality(
+        params, quality = measure_quality(
             index,
             work,
             count,
@@ -407,6 +442,10 @@ def build_index(
             queries=recall_queries,
             seed=seed,
         )
+        if ondisk and is_ivf(index):
+            to_ondisk(index, work.path / IVFDATA_FILE)
+        elif ondisk:
+            logger.info("%s is not IVF: its vectors are not written on disk separately", chosen)
         faiss.write_index(index, str(work.path / INDEX_FILE))
         seconds = time.perf_counter() - t0
         encoded = count - resumed[0]
@@ -427,10 +466,11 @@ def build_index(
             "count": count,
             "ntotal": int(index.ntotal),
             "tombstones": 0,
+            "ondisk": (work.path / IVFDATA_FILE).exists(),
             "search_params": params,
             "recall_at_10": quality["recall_at_10"],
             "recall": quality,
-            "index_mb": round(os.path.getsize(work.path / INDEX_FILE) / 1e6, 3),
+            "index_mb": index_mb(work.path),
             "build_seconds": round(seconds, 3),
             "docs_per_s": round(encoded / encode_seconds, 2) if encoded else None,
             "build": {
@@ -451,6 +491,8 @@ def build_index(
             tmp = temp_folder(out)
             try:
                 os.replace(work.path / INDEX_FILE, tmp / INDEX_FILE)
+                if (work.path / IVFDATA_FILE).exists():
+                    os.replace(work.path / IVFDATA_FILE, tmp / IVFDATA_FILE)
                 os.replace(work.store_path, tmp / DOCSTORE_FILE)
                 write_extras(tmp, bm25=bm25)
                 manifest = write_manifest(tmp, manifest)

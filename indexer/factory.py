@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -177,6 +179,31 @@ def make_index(factory: str, dim: int) -> faiss.Index:
     if isinstance(top, (faiss.IndexIVF, faiss.IndexIDMap, faiss.IndexIDMap2)):
         return index
     return faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+
+
+def is_ivf(index: faiss.Index) -> bool:
+    """Whether `index` is an IVF index (possibly behind a pre-transform)."""
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
+
+
+def to_ondisk(index: faiss.Index, ivfdata: Path) -> None:
+    """Move the inverted lists of an IVF index into a memory-mapped file, in place.
+
+    Afterwards ``faiss.write_index`` writes only the header and centroids; readers
+    open it with ``IO_FLAG_ONDISK_SAME_DIR`` and page the lists in on demand, so the
+    index serves with little RAM. The file must stay beside the index file.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    ondisk: Any = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata))
+    lists = faiss.InvertedListsPtrVector()  # type: ignore[attr-defined]
+    lists.push_back(ivf.invlists)
+    ondisk.merge_from_multiple(lists.data(), lists.size(), False)
+    ivf.replace_invlists(ondisk, True)
+    ondisk.this.disown()  # now owned by the index
 
 
 def can_remove(index: faiss.Index) -> bool:

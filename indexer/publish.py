@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from search.assets import atomic_write_text
+from search.bm25_index import BM25_DIR
 from search.docstore import DocStore
-from search.index_folder import DOCSTORE_FILE, MANIFEST, checksums
+from search.index_folder import DOCSTORE_FILE, INDEX_FILE, IVFDATA_FILE, MANIFEST, checksums
 from search.types import DataError
 
 logger = logging.getLogger(__name__)
 
-BM25_DIR = "bm25"  # written by indexer.bm25
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -80,20 +80,14 @@ def write_extras(folder: Path, *, bm25: bool, only_if_present: bool = False) -> 
 
     Args:
         folder: The (temp) index folder, doc store complete.
-        bm25: Write the lexical index; skipped when False or when ``indexer.bm25``
-            is not installed.
+        bm25: Write the lexical index (skipped when False).
         only_if_present: Rewrite it only if the folder already has one (updates).
     """
     target = folder / BM25_DIR
     if not bm25 or (only_if_present and not target.exists()):
         return
-    try:
-        from indexer.bm25 import write_bm25  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError as exc:
-        if exc.name != "indexer.bm25":
-            raise
-        logger.debug("indexer.bm25 not present; no lexical index written")
-        return
+    from indexer.bm25 import write_bm25  # imports bm25s: only when a lexical index is wanted
+
     store = DocStore(folder / DOCSTORE_FILE)
     try:
         empty = len(store) == 0
@@ -103,6 +97,12 @@ def write_extras(folder: Path, *, bm25: bool, only_if_present: bool = False) -> 
         shutil.rmtree(target, ignore_errors=True)
         return
     write_bm25(folder)
+
+
+def index_mb(folder: Path) -> float:
+    """Size of the FAISS files of an index folder (index and on-disk lists), in MB."""
+    files = [folder / INDEX_FILE, folder / IVFDATA_FILE]
+    return round(sum(f.stat().st_size for f in files if f.exists()) / 1e6, 3)
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:

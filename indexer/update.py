@@ -11,7 +11,6 @@ a quarter of it. A full rebuild (`indexer.build`) never has tombstones.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -25,7 +24,14 @@ import faiss
 import numpy as np
 
 from indexer.factory import can_remove, make_index
-from indexer.publish import swap_in, temp_folder, write_extras, write_manifest, writer_lock
+from indexer.publish import (
+    index_mb,
+    swap_in,
+    temp_folder,
+    write_extras,
+    write_manifest,
+    writer_lock,
+)
 from indexer.shards import encode_sorted
 from search.docstore import DocStore
 from search.encoder import Encoder
@@ -105,7 +111,7 @@ def _publish(edit: _Edit, out: Path, *, bm25: bool) -> None:
         "count": count,
         "ntotal": int(edit.index.ntotal),
         "tombstones": tombstones,
-        "index_mb": round(os.path.getsize(edit.folder / INDEX_FILE) / 1e6, 3),
+        "index_mb": index_mb(edit.folder),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_manifest(edit.folder, manifest)

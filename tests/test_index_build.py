@@ -203,3 +203,24 @@ def test_out_must_be_an_index_folder_or_new(tiny_model: Path, tmp_path: Path) ->
         build_index(load_encoder(tiny_model), synthetic_docs(5), precious, progress=False)
     assert (precious / "thesis.tex").read_text() == "years of work"
     assert sorted(os.listdir(tmp_path)) == ["home"]
+
+
+def test_on_disk_ivf_lists_are_mapped_from_beside_the_index_wherever_it_moves(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    enc = load_encoder(tiny_model)
+    docs = synthetic_docs(200)
+    m = build_index(enc, docs, tmp_path / "a", factory="IVF4,Flat", ondisk=True, progress=False)
+    assert m["ondisk"] and "index.ivfdata" in m["files"]
+    assert m["index_mb"] * 1e6 > (tmp_path / "a" / "index.faiss").stat().st_size
+    (tmp_path / "a").rename(tmp_path / "b")  # the lists file is found beside the index
+    verify_folder(tmp_path / "b")
+    r = Retriever.open(tmp_path / "b", mmap=True)
+    assert [h.id for h in r.search(f"{docs[7][1]} {docs[7][2]}", 1)] == ["doc7"]
+    from indexer.update import upsert_documents
+
+    upsert_documents(tmp_path / "b", [("new", "", "a brand new document")], enc)
+    verify_folder(tmp_path / "b")
+    again = Retriever.open(tmp_path / "b", mmap=True)
+    assert again.folder.count == 201 and again.search("a brand new document", 1)[0].id == "new"
+    assert [h.id for h in r.search(f"{docs[7][1]} {docs[7][2]}", 1)] == ["doc7"]  # old reader
