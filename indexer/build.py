@@ -63,7 +63,9 @@ from search.index_folder import (
     FORMAT_VERSION,
     INDEX_FILE,
     IVFDATA_FILE,
+    index_chain,
     index_class,
+    is_flat,
 )
 from search.types import DataError, document_text
 
@@ -270,8 +272,6 @@ def assemble(
 
 
 def _ivfs(index: faiss.Index) -> list[faiss.IndexIVF]:
-    from search.index_folder import index_chain
-
     return [i for i in index_chain(index) if isinstance(i, faiss.IndexIVF)]
 
 
@@ -295,8 +295,9 @@ def measure_quality(
         ``(params, info)``: `info` holds ``recall_at_10`` and how it was measured.
     """
     k = min(RECALL_K, count - 1)
-    if k < 1:
-        return dict(params or {}), {"recall_at_10": 1.0, "k": 0, "queries": 0}
+    if k < 1 or is_flat(index):  # exact search: nothing to measure or tune
+        why = "exact search" if k >= 1 else "too few documents"
+        return dict(params or {}), {"recall_at_10": 1.0, "k": k, "queries": 0, "method": why}
     qrows = _sample_rows(count, queries, seed + 1)
     base = work.vectors_of(qrows)
     near, _ = exact_neighbours(base, work.iter_shards(), 2)  # itself, then its nearest
