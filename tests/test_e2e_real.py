@@ -41,7 +41,10 @@ def test_distill_index_search_eval_serve(scifact_slice: Path, tmp_path: Path) ->
     assert r.exit_code == 0, r.output
     report = json.loads((student / "distill_report.json").read_text())
     assert report["steps"] > 0 and report["speed_ratio"] > 1.5
-    assert report["fidelity"]["after"]["cosine"] > 0.7
+    gate = report["gate"]
+    assert gate["source"] == "teacher top-10"  # the slice has no train qrels
+    assert gate["after"] >= gate["before"] or gate["emitted"] == "initial"
+    assert (student / "onnx" / "model.onnx").is_file()  # exported and checked against torch
 
     idx = tmp_path / "idx"
     r = runner.invoke(

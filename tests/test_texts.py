@@ -26,7 +26,9 @@ def test_generic_text_fills_the_rest(small_jsonl: Path, tmp_path: Path) -> None:
 
 
 def test_sentences() -> None:
-    got = split_sentences("First sentence is long enough here. Second one too, and it goes on. x.", 20)
+    got = split_sentences(
+        "First sentence is long enough here. Second one too, and it goes on. x.", 20
+    )
     assert got == ["First sentence is long enough here.", "Second one too, and it goes on. x."]
 
 
