@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from search.encoder import Backend, Encoder, load_encoder
+from search.assets import resolve_model
+from search.encoder import Backend, Encoder, available_backends, load_encoder
 from search.index_folder import IndexFolder, load_index_folder
 from search.types import Hit, IndexMismatchError
 
@@ -58,6 +59,11 @@ class Retriever:
         """
         folder = load_index_folder(index_dir, mmap=mmap)
         spec = model or folder.manifest["model"].get("path") or folder.manifest["model"]["name"]
+        recorded = folder.manifest["model"].get("backend")
+        if backend == "auto" and recorded in available_backends(resolve_model(spec)):
+            # Queries through the artifact that encoded the documents (int8 vectors
+            # differ from fp32 ones), unless the caller picks another.
+            backend = recorded
         return cls(load_encoder(spec, backend=backend), folder)
 
     def search_vectors(

@@ -119,3 +119,25 @@ def test_search_vectors_shapes(tiny_model: Path, small_jsonl: Path, tmp_path: Pa
     r = Retriever(enc, load_index_folder(tmp_path / "i"))
     hits = r.search_vectors(np.zeros((2, enc.dim), dtype=np.float32) + 0.1, 2)
     assert len(hits) == 2 and all(len(h) == 2 for h in hits)
+
+
+def test_queries_use_the_artifact_that_encoded_the_documents(
+    tiny_model: Path, small_jsonl: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from distill.export import export_onnx
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    export_onnx(model, ["a few words", "cats and dogs", "compilers translate code"])
+    assert load_encoder(model).backend == "onnx"  # auto alone would pick ONNX
+    build_index(
+        load_encoder(model, backend="torch"),
+        iter_documents(small_jsonl),
+        tmp_path / "i",
+        model_path=str(model),
+        progress=False,
+    )
+    assert Retriever.open(tmp_path / "i").encoder.backend == "torch"
+    assert Retriever.open(tmp_path / "i", backend="onnx").encoder.backend == "onnx"
