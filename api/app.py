@@ -16,31 +16,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from api.batching import MicroBatcher, OverloadedError
-from api.engine import Engine, EngineHolder, load_engine
+from api.engine import EngineHolder, engine_for, load_engine
 from api.metrics import Metrics
 from api.middleware import BodyGuardMiddleware, MetricsMiddleware
 from api.openapi import openapi_with_limits
 from api.routes import admin, documents, health, info, search, ui
 from api.service import Service, clean_text
 from api.settings import Settings
-from search.bm25_index import has_bm25, load_bm25
 from search.retriever import Retriever
-from search.types import DistilsearchError
 
 logger = logging.getLogger(__name__)
-
-
-def _engine_for(retriever: Retriever) -> Engine:
-    """An engine around a retriever the caller owns (the service will not close it)."""
-    path = retriever.folder.path
-    if not has_bm25(path):
-        return Engine(
-            retriever, None, f"index {path} has no BM25 index (no bm25/ folder)", owned=False
-        )
-    try:
-        return Engine(retriever, load_bm25(path), None, owned=False)
-    except DistilsearchError as exc:
-        return Engine(retriever, None, str(exc), owned=False)
 
 
 def _set_torch_threads(n: int | None) -> None:
@@ -96,7 +81,7 @@ def create_app(settings: Settings, *, retriever: Retriever | None = None) -> Fas
         _set_torch_threads(settings.torch_threads)
         holder = EngineHolder()
         if retriever is not None:
-            engine = _engine_for(retriever)
+            engine = engine_for(retriever)
         else:
             engine = await run_in_threadpool(
                 load_engine, settings.index_dir, model=settings.model, backend=settings.backend

@@ -101,6 +101,12 @@ def load_engine(
     return Engine(retriever, bm25, error, generation=generation)
 
 
+def engine_for(retriever: Retriever) -> Engine:
+    """An engine around a retriever the caller owns (the service will not close it)."""
+    bm25, error = _load_bm25(retriever.folder.path)
+    return Engine(retriever, bm25, error, owned=False)
+
+
 class EngineHolder:
     """The current engine, leased to requests and swapped atomically."""
 

@@ -4,14 +4,15 @@
                          [--levels 1,8,16,32] [--rss-requests 10000] [--teacher-docs N]
 
 Builds (once, cached under ~/.cache/distilsearch/bench) a Flat index of SciFact for
-the student and one for the teacher from the embedding cache, starts the real server
-(`distilsearch serve`, uvicorn on 127.0.0.1, a free port) for each, and drives it
-with SciFact test queries over HTTP (httpx, async) at each concurrency level: a
-bounded number of requests, each level also bounded in time. Prints p50/p95/p99
-latency, QPS and errors per level; the student's RSS before and after
-``--rss-requests`` requests; student QPS over teacher QPS; and the gain of
-micro-batching over one-at-a-time encoding (the student server restarted with
-``DISTILSEARCH_BATCH_MAX_SIZE=1``).
+the student and one for the teacher from the embedding cache, and starts three real
+servers (`distilsearch serve`, uvicorn on 127.0.0.1, free ports): the student, the
+student with one-at-a-time encoding (``DISTILSEARCH_BATCH_MAX_SIZE=1``) and the
+teacher. Each concurrency level drives them with SciFact test queries over HTTP
+(httpx, async) in short rounds that alternate between the servers, so load from
+other processes falls on all of them alike: a bounded number of requests, bounded in
+time too. Prints p50/p95/p99 latency, QPS and errors per level and server; student
+QPS over teacher QPS; the gain of micro-batching; and the student's RSS before and
+after ``--rss-requests`` more requests.
 
 The teacher's corpus embeddings come from the embedding cache only: with
 ``--teacher-docs cached`` (the default) the teacher index holds the documents whose
@@ -175,7 +176,7 @@ async def _drive(
     errors = 0
     sent = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
         t0 = time.perf_counter()
         deadline = t0 + max_s
 
@@ -200,40 +201,41 @@ async def _drive(
 
 
 def measure(
-    server: str, url: str, queries: list[str], clients: int, requests: int, max_s: float
-) -> Level:
-    lat, errors, wall = asyncio.run(_drive(url, queries, clients, requests, max_s))
-    p50, p95, p99 = np.percentile(lat, [50, 95, 99]) if lat else (float("nan"),) * 3
-    return Level(server, clients, len(lat) + errors, errors, p50, p95, p99, len(lat) / wall)
-
-
-def _run_server(
-    name: str,
-    index: Path,
-    env: dict[str, str],
+    server: str,
+    url: str,
     queries: list[str],
-    levels: list[int],
-    args: argparse.Namespace,
-    logs: Path,
-    rss_requests: int = 0,
-) -> tuple[list[Level], dict[str, float]]:
-    server = Server(index, env, logs / f"{name}.log")
-    try:
-        measure(name, server.url, queries, 4, WARMUP, args.max_seconds)
-        rows = []
-        for clients in levels:
-            row = measure(name, server.url, queries, clients, args.requests, args.max_seconds)
-            print(_fmt(row), flush=True)
-            rows.append(row)
-        rss: dict[str, float] = {}
-        if rss_requests:
-            rss["before_mb"] = server.rss_mb()
-            row = measure(name, server.url, queries, 16, rss_requests, 20 * args.max_seconds)
-            rss.update(after_mb=server.rss_mb(), requests=row.requests, errors=row.errors)
-            rss["qps"] = row.qps
-        return rows, rss
-    finally:
-        server.stop()
+    clients: int,
+    requests: int,
+    max_s: float,
+    rounds: int = 1,
+    others: list[tuple[str, str]] | None = None,
+) -> list[Level]:
+    """Measure `url` (and `others`, as (name, url)) at `clients` concurrent clients.
+
+    With several servers, each level runs in `rounds` short rounds that alternate
+    between them, so load from other processes on the machine falls on all of them
+    alike and their ratio stays fair.
+    """
+    targets = [(server, url), *(others or [])]
+    lat: dict[str, list[float]] = {name: [] for name, _ in targets}
+    errors = dict.fromkeys(lat, 0)
+    wall = dict.fromkeys(lat, 0.0)
+    for _ in range(rounds):
+        for name, target in targets:
+            got, bad, seconds = asyncio.run(
+                _drive(target, queries, clients, max(1, requests // rounds), max_s / rounds)
+            )
+            lat[name] += got
+            errors[name] += bad
+            wall[name] += seconds
+    rows = []
+    for name, _ in targets:
+        p50, p95, p99 = np.percentile(lat[name], [50, 95, 99]) if lat[name] else (np.nan,) * 3
+        n = len(lat[name])
+        rows.append(
+            Level(name, clients, n + errors[name], errors[name], p50, p95, p99, n / wall[name])
+        )
+    return rows
 
 
 def _fmt(r: Level) -> str:
@@ -250,7 +252,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--requests", type=int, default=400, help="requests per level")
     parser.add_argument("--levels", default="1,8,16,32", help="concurrent clients")
-    parser.add_argument("--max-seconds", type=float, default=60.0, help="time cap per level")
+    parser.add_argument(
+        "--max-seconds", type=float, default=60.0, help="time cap per level and server"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per level")
+    parser.add_argument("--rss-seconds", type=float, default=900.0, help="time cap of the RSS run")
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument(
         "--teacher-docs", default="cached", help="cached: only cached embeddings; all"
@@ -273,41 +279,57 @@ def main() -> None:
     )
     del student, teacher
     logs = Path(tempfile.mkdtemp(prefix="distilsearch-load-"))
-    print(
-        f"{len(queries)} SciFact test queries, k=10, dense; {os.cpu_count()} CPUs; "
-        f"{args.requests} requests per level (at most {args.max_seconds:g} s); logs in {logs}"
-    )
-    header = f"{'server':<22} {'clients':>7} {'requests':>8} {'errors':>6} "
-    print(header + f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'QPS':>8}")
-    s_rows, rss = _run_server(
-        f"student ({read_manifest(s_index)['count']} docs)",
-        s_index,
-        env,
-        queries,
-        levels,
-        args,
-        logs,
-        rss_requests=args.rss_requests,
-    )
-    one = [c for c in (16, 32) if c in levels]
-    o_rows, _ = _run_server(
-        "student, no batching",
-        s_index,
-        {**env, "DISTILSEARCH_BATCH_MAX_SIZE": "1"},
-        queries,
-        one,
-        args,
-        logs,
-    )
-    t_rows, _ = _run_server(
-        f"teacher ({read_manifest(t_index)['count']} docs)",
-        t_index,
-        {**env, "DISTILSEARCH_BACKEND": "torch"},
-        queries,
-        levels,
-        args,
-        logs,
-    )
+    s_name = f"student ({read_manifest(s_index)['count']} docs)"
+    t_name = f"teacher ({read_manifest(t_index)['count']} docs)"
+    o_name = "student, no batching"
+    servers: dict[str, Server] = {}
+    try:
+        servers[s_name] = Server(s_index, env, logs / "student.log")
+        servers[o_name] = Server(
+            s_index, {**env, "DISTILSEARCH_BATCH_MAX_SIZE": "1"}, logs / "nobatch.log"
+        )
+        servers[t_name] = Server(
+            t_index, {**env, "DISTILSEARCH_BACKEND": "torch"}, logs / "teacher.log"
+        )
+        for name, server in servers.items():
+            measure(name, server.url, queries, 4, WARMUP, args.max_seconds)
+        print(
+            f"{len(queries)} SciFact test queries, k=10, dense; {os.cpu_count()} CPUs; "
+            f"{args.requests} requests per level and server in {args.rounds} alternating "
+            f"rounds (at most {args.max_seconds:g} s); logs in {logs}"
+        )
+        header = f"{'server':<22} {'clients':>7} {'requests':>8} {'errors':>6} "
+        print(header + f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'QPS':>8}", flush=True)
+        s_rows, o_rows, t_rows = [], [], []
+        for clients in levels:
+            others = [(t_name, servers[t_name].url)]
+            if clients > 1:
+                others.append((o_name, servers[o_name].url))
+            rows = measure(
+                s_name,
+                servers[s_name].url,
+                queries,
+                clients,
+                args.requests,
+                args.max_seconds,
+                args.rounds,
+                others,
+            )
+            for row in rows:
+                print(_fmt(row), flush=True)
+            s_rows.append(rows[0])
+            t_rows.append(rows[1])
+            o_rows += rows[2:]
+        rss: dict[str, float] = {}
+        if args.rss_requests:
+            served = servers[s_name]
+            rss["before_mb"] = served.rss_mb()
+            (row,) = measure(s_name, served.url, queries, 16, args.rss_requests, args.rss_seconds)
+            rss.update(after_mb=served.rss_mb(), requests=row.requests, errors=row.errors)
+            rss["qps"] = row.qps
+    finally:
+        for server in servers.values():
+            server.stop()
     summary: dict[str, Any] = {"rss": rss}
     print()
     if rss:

@@ -191,6 +191,26 @@ LONG = "x" * 81
             400,
             "UTF-8",
         ),
+        (
+            "post",
+            "/search",
+            {
+                "content": b'{"query": "\\ud800 cat"}',
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "unicode string",
+        ),
+        (
+            "post",
+            "/search",
+            {
+                "content": b'{"query": "x", "mode": "\\udfff"}',
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "\\ufffd",
+        ),
         ("post", "/search", {"json": {"query": "x" * 5000}}, 413, "limit is 4096"),
         (
             "post",
