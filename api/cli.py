@@ -39,7 +39,7 @@ def _setup(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("sentence_transformers", "transformers", "httpx", "faiss"):
+    for noisy in ("sentence_transformers", "transformers", "httpx", "faiss", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
 
 
