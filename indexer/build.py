@@ -45,11 +45,9 @@ from indexer.factory import (
 from indexer.publish import (
     check_replaceable,
     index_mb,
-    swap_in,
+    publish,
     temp_folder,
     versions,
-    write_extras,
-    write_manifest,
     writer_lock,
 )
 from indexer.quality import exact_neighbours, lower_bound, measure, probe_queries, tune
@@ -495,9 +493,7 @@ def build_index(
                 if (work.path / IVFDATA_FILE).exists():
                     os.replace(work.path / IVFDATA_FILE, tmp / IVFDATA_FILE)
                 os.replace(work.store_path, tmp / DOCSTORE_FILE)
-                write_extras(tmp, bm25=bm25)
-                manifest = write_manifest(tmp, manifest)
-                swap_in(tmp, out)
+                manifest = publish(tmp, out, manifest, bm25=bm25)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -116,6 +116,23 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def publish(
+    tmp: Path, out: Path, manifest: dict[str, Any], *, bm25: bool, only_if_present: bool = False
+) -> dict[str, Any]:
+    """Finish temp folder `tmp` and swap it in as `out` (call under `writer_lock`).
+
+    Writes the extras (`write_extras`), then the manifest with the checksums of
+    everything in the folder, then swaps.
+
+    Returns:
+        The manifest as written.
+    """
+    write_extras(tmp, bm25=bm25, only_if_present=only_if_present)
+    written = write_manifest(tmp, manifest)
+    swap_in(tmp, out)
+    return written
+
+
 def _fsync_tree(folder: Path) -> None:
     """Flush every file and folder under `folder` to disk, and give them normal modes.
 

@@ -26,10 +26,8 @@ import numpy as np
 from indexer.factory import can_remove, make_index
 from indexer.publish import (
     index_mb,
-    swap_in,
+    publish,
     temp_folder,
-    write_extras,
-    write_manifest,
     writer_lock,
 )
 from indexer.shards import encode_sorted
@@ -104,7 +102,6 @@ def _publish(edit: _Edit, out: Path, *, bm25: bool) -> None:
         count, tombstones = len(store), len(store.tombstones())
     finally:
         store.close()
-    write_extras(edit.folder, bm25=bm25, only_if_present=True)
     manifest = {
         **edit.manifest,
         "format_version": FORMAT_VERSION,
@@ -114,8 +111,7 @@ def _publish(edit: _Edit, out: Path, *, bm25: bool) -> None:
         "index_mb": index_mb(edit.folder),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_manifest(edit.folder, manifest)
-    swap_in(edit.folder, out)
+    publish(edit.folder, out, manifest, bm25=bm25, only_if_present=True)
 
 
 def _check_encoder(manifest: dict[str, Any], encoder: Encoder, index_dir: Path) -> None:
