@@ -75,7 +75,7 @@ def make_data(work: Path, n: int, dim: int, queries: int, seed: int = 0) -> None
         np.save(work / "truth.npy", exact_neighbours(q, wd.iter_shards(), K)[1])
 
 
-def _rss_mb() -> float:
+def _rss_mib() -> float:
     """Peak resident memory of this process in MiB (``VmHWM``: unlike ``ru_maxrss``, it
     does not inherit the parent's peak across fork and exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -101,7 +101,7 @@ def child_build(work: Path, factory: str, n: int, dim: int, out: Path) -> dict[s
         "tune_s": tune_s,
         "params": params,
         "recall_sampled": quality["recall_at_10"],
-        "build_rss_mb": _rss_mb(),
+        "build_rss_mib": _rss_mib(),
     }
 
 
@@ -118,7 +118,7 @@ def child_serve(work: Path, index_file: Path, params: dict[str, float]) -> dict[
     for q in timed:
         index.search(q[None, :], K, params=sp)
     query_ms = 1000 * (time.perf_counter() - t0) / len(timed)
-    return {"recall": recall, "query_ms": query_ms, "serve_rss_mb": _rss_mb()}
+    return {"recall": recall, "query_ms": query_ms, "serve_rss_mib": _rss_mib()}
 
 
 def _run_child(args: list[str]) -> dict[str, Any]:
@@ -190,7 +190,7 @@ def main() -> None:
 
 def _print_table(rows: list[dict[str, Any]], auto: str, budget: int, n: int) -> None:
     head = (
-        f"{'factory':<36} {'build s':>8} {'peak RSS MB':>11} {'serve RSS MB':>12} "
+        f"{'factory':<36} {'build s':>8} {'peak RSS MiB':>12} {'serve RSS MiB':>13} "
         f"{'index MB':>9} {'query ms':>9} {'recall@10':>9}  params"
     )
     print(f"\n{n} vectors; * = auto choice for {budget / 1e9:.1f} GB\n{head}\n{'-' * len(head)}")
@@ -201,17 +201,17 @@ def _print_table(rows: list[dict[str, Any]], auto: str, budget: int, n: int) -> 
             continue
         params = ",".join(f"{k}={v:g}" for k, v in r["params"].items())
         print(
-            f"{mark}{r['factory']:<35} {r['build_s']:>8.1f} {r['build_rss_mb']:>11.0f} "
-            f"{r['serve_rss_mb']:>12.0f} {r['index_mb']:>9.1f} {r['query_ms']:>9.2f} "
+            f"{mark}{r['factory']:<35} {r['build_s']:>8.1f} {r['build_rss_mib']:>12.0f} "
+            f"{r['serve_rss_mib']:>13.0f} {r['index_mb']:>9.1f} {r['query_ms']:>9.2f} "
             f"{r['recall']:>9.3f}  {params}"
         )
     chosen = next((r for r in rows if r["factory"] == auto and "recall" in r), None)
     if chosen is not None:
-        fits = max(chosen["build_rss_mb"], chosen["serve_rss_mb"]) * 2**20 <= budget
+        fits = max(chosen["build_rss_mib"], chosen["serve_rss_mib"]) * 2**20 <= budget
         ok = fits and chosen["recall"] >= 0.95
         print(
-            f"\nauto ({auto}): peak RSS {max(chosen['build_rss_mb'], chosen['serve_rss_mb']):.0f}"
-            f" MB, recall@10 {chosen['recall']:.3f}: target "
+            f"\nauto ({auto}): peak RSS {max(chosen['build_rss_mib'], chosen['serve_rss_mib']):.0f}"
+            f" MiB, recall@10 {chosen['recall']:.3f}: target "
             f"{'met' if ok else 'NOT met'} (<= {budget / 1e9:.1f} GB, >= 0.95)"
         )
 
