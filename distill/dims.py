@@ -150,6 +150,13 @@ def reduce_dims(
             f"PCA to {dim} dims needs at least {dim} fitting texts, got {n_fit} "
             f"({len(checked)} texts, {heldout:.0%} held out); pass more texts"
         )
+    if n_fit < 4 * dim:
+        logger.warning(
+            "PCA to %d dims from %d texts may fit noise; %d or more texts are safer",
+            dim,
+            n_fit,
+            4 * dim,
+        )
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules
