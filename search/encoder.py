@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class TorchEncoder:
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on every load
 
-        self.folder = folder
+        self.folder: Path | None = folder
         self.name = name or folder.name
         self.model = SentenceTransformer(str(folder), device=device, local_files_only=True)
         self.model_hash = model_hash(folder)
@@ -69,6 +69,14 @@ class TorchEncoder:
         if dim is None:
             raise AssetError(f"{folder}: cannot tell the embedding dimension of this model")
         self.dim = int(dim)
+
+    @classmethod
+    def from_model(cls, model: Any, name: str, model_hash: str = "unsaved") -> TorchEncoder:
+        """Wrap an in-memory `SentenceTransformer` (e.g. one being trained)."""
+        self = cls.__new__(cls)
+        self.folder, self.name, self.model, self.model_hash = None, name, model, model_hash
+        self.dim = int(model.get_embedding_dimension())
+        return self
 
     def encode(
         self, texts: Sequence[str], *, batch_size: int = 32, show_progress: bool = False

@@ -164,6 +164,30 @@ def bm25_results(corpus: Corpus, queries: Queries, *, k: int = 100) -> tuple[Res
     return results, {"docs_per_s": docs_per_s, "docs_per_s_source": "measured (indexing)"}
 
 
+def _report(
+    facts: dict[str, Any],
+    qrels: Qrels,
+    results: Results,
+    timing: dict[str, Any],
+    sizes: tuple[int, int],
+    started: float,
+) -> dict[str, Any]:
+    """The flat report both `evaluate` and `evaluate_hybrid` return."""
+    report: dict[str, Any] = {**facts, **score_results(qrels, results), **timing}
+    report.update(num_queries=sizes[0], num_docs=sizes[1], seconds=time.perf_counter() - started)
+    report["per_query_ndcg@10"] = per_query_ndcg(qrels, results)
+    return report
+
+
+def _encoder_facts(encoder: Encoder) -> dict[str, Any]:
+    return {
+        "model": encoder.name,
+        "model_hash": encoder.model_hash,
+        "backend": encoder.backend,
+        "dim": encoder.dim,
+    }
+
+
 def evaluate(
     encoder: Encoder | None,
     corpus: Corpus,
@@ -191,17 +215,8 @@ def evaluate(
         results, timing = dense_results(
             encoder, corpus, queries, cache=cache, batch_size=batch_size, progress=progress
         )
-        facts = {
-            "model": encoder.name,
-            "model_hash": encoder.model_hash,
-            "backend": encoder.backend,
-            "dim": encoder.dim,
-        }
-    report: dict[str, Any] = {**facts, **score_results(qrels, results)}
-    report.update(timing)
-    report.update(num_queries=len(queries), num_docs=len(corpus), seconds=time.perf_counter() - t0)
-    report["per_query_ndcg@10"] = per_query_ndcg(qrels, results)
-    return report
+        facts = _encoder_facts(encoder)
+    return _report(facts, qrels, results, timing, (len(queries), len(corpus)), t0)
 
 
 def evaluate_hybrid(
@@ -235,18 +250,12 @@ def evaluate_hybrid(
     )
     sparse, _ = bm25_results(corpus, queries, k=depth)
     results = fuse_results(dense, sparse, method=method, weight=weight, c=rrf_c, k=100)
-    report: dict[str, Any] = {
+    facts = {
+        **_encoder_facts(encoder),
         "model": f"hybrid({encoder.name}+bm25)",
-        "model_hash": encoder.model_hash,
-        "backend": encoder.backend,
-        "dim": encoder.dim,
         "fusion": method,
         "weight": weight,
         "rrf_c": rrf_c,
         "depth": depth,
-        **score_results(qrels, results),
     }
-    report.update(timing)
-    report.update(num_queries=len(queries), num_docs=len(corpus), seconds=time.perf_counter() - t0)
-    report["per_query_ndcg@10"] = per_query_ndcg(qrels, results)
-    return report
+    return _report(facts, qrels, results, timing, (len(queries), len(corpus)), t0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like `tiny_model` but 64-d (a 'teacher' whose dim differs from the student's)."""
     return _build_tiny(tmp_path_factory.mktemp("tiny64"), dim=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_model: Path) -> Callable[..., Path]:
+    """Build an index folder of `(id, title, text)` documents with the tiny model.
+
+    Call as ``tiny_index(docs, out, bm25=True)``; returns ``out``.
+    """
+    from indexer.build import build_index
+    from search.encoder import load_encoder
+
+    def make(docs: Sequence[tuple[str, str, str]], out: Path, *, bm25: bool = True) -> Path:
+        encoder = load_encoder(tiny_model)
+        build_index(encoder, docs, out, model_path=str(tiny_model), progress=False, bm25=bm25)
+        return out
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,6 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from api.settings import Settings
-from indexer.bm25 import write_bm25
-from indexer.build import build_index
-from search.encoder import load_encoder
 
 KEY = "test-key-0123456789abcdef"
 DOCS = [
@@ -34,16 +31,9 @@ DOCS = [
 ]
 
 
-def make_index(model: Path, out: Path, *, bm25: bool) -> Path:
-    build_index(load_encoder(model), DOCS, out, model_path=str(model), progress=False, bm25=False)
-    if bm25:
-        write_bm25(out)
-    return out
-
-
 @pytest.fixture(scope="module")
-def index_dir(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_index(tiny_model, tmp_path_factory.mktemp("svc") / "idx", bm25=True)
+def index_dir(tiny_index: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_index(DOCS, tmp_path_factory.mktemp("svc") / "idx", bm25=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +46,10 @@ def client(index_dir: Path) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def plain_client(
-    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_index: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestClient]:
     """No BM25 index, no API key, defaults."""
-    idx = make_index(tiny_model, tmp_path_factory.mktemp("plain") / "idx", bm25=False)
+    idx = tiny_index(DOCS, tmp_path_factory.mktemp("plain") / "idx", bm25=False)
     with TestClient(create_app(Settings(index_dir=idx))) as c:
         yield c
 
@@ -351,8 +341,8 @@ def test_a_leased_engine_stays_open_until_released(client: TestClient) -> None:
         engine.retriever.folder.store.by_id("d1")
 
 
-def test_failed_reload_keeps_the_old_index(tiny_model: Path, tmp_path: Path) -> None:
-    idx = make_index(tiny_model, tmp_path / "idx", bm25=False)
+def test_failed_reload_keeps_the_old_index(tiny_index: Callable[..., Path], tmp_path: Path) -> None:
+    idx = tiny_index(DOCS, tmp_path / "idx", bm25=False)
     with TestClient(create_app(Settings(index_dir=idx, api_key=KEY))) as c:
         (idx / "manifest.json").write_text("{broken")
         r = c.post("/admin/reload", headers={"X-API-Key": KEY})
@@ -360,8 +350,10 @@ def test_failed_reload_keeps_the_old_index(tiny_model: Path, tmp_path: Path) -> 
         assert c.post("/search", json={"query": "cats"}).status_code == 200
 
 
-def test_upsert_and_delete_are_searchable_at_once(tiny_model: Path, tmp_path: Path) -> None:
-    idx = make_index(tiny_model, tmp_path / "idx", bm25=True)
+def test_upsert_and_delete_are_searchable_at_once(
+    tiny_index: Callable[..., Path], tmp_path: Path
+) -> None:
+    idx = tiny_index(DOCS, tmp_path / "idx", bm25=True)
     auth = {"X-API-Key": KEY}
     settings = Settings(index_dir=idx, api_key=KEY, max_upsert_docs=2, max_doc_chars=100)
     with TestClient(create_app(settings)) as c:

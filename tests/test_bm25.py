@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from indexer.bm25 import write_bm25
-from indexer.build import build_index
 from search.bm25_index import BM25_DIR, has_bm25, load_bm25, make_stemmer
 from search.docstore import DocStore
-from search.encoder import load_encoder
 from search.index_folder import DOCSTORE_FILE, MANIFEST
 from search.types import DataError
 
@@ -26,11 +25,8 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def folder(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bm25") / "idx"
-    build_index(load_encoder(tiny_model), DOCS, out, model_path=str(tiny_model), progress=False)
-    write_bm25(out)
-    return out
+def folder(tiny_index: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_index(DOCS, tmp_path_factory.mktemp("bm25") / "idx", bm25=True)
 
 
 def test_writes_and_finds_by_keywords(folder: Path) -> None:

@@ -10,7 +10,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,6 @@ import uvicorn
 
 from api.app import create_app
 from api.settings import Settings
-from indexer.build import build_index
-from search.encoder import load_encoder
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -51,9 +49,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    idx = tmp_path_factory.mktemp("browser") / "idx"
-    build_index(load_encoder(tiny_model), DOCS, idx, model_path=str(tiny_model), progress=False)
+def base_url(
+    tiny_index: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    idx = tiny_index(DOCS, tmp_path_factory.mktemp("browser") / "idx")
     config = uvicorn.Config(
         create_app(Settings(index_dir=idx)), host="127.0.0.1", port=0, log_level="warning"
     )

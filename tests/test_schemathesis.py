@@ -9,6 +9,7 @@ Hypothesis strategies directly.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,6 @@ from schemathesis.config import SchemathesisConfig
 
 from api.app import create_app
 from api.settings import Settings
-from indexer.build import build_index
-from search.encoder import load_encoder
 
 KEY = "fuzz-key-0123456789abcdef"
 EXAMPLES = 30  # per operation and mode
@@ -36,9 +35,8 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def api_schema(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    idx = tmp_path_factory.mktemp("fuzz") / "idx"
-    build_index(load_encoder(tiny_model), DOCS, idx, model_path=str(tiny_model), progress=False)
+def api_schema(tiny_index: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    idx = tiny_index(DOCS, tmp_path_factory.mktemp("fuzz") / "idx")
     app = create_app(
         Settings(
             index_dir=idx,
