@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+BackendOpt = Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")]
+EncodeBatch = Annotated[int, typer.Option(help="Encoding batch size.")]
 
 
 def fail(message: str) -> NoReturn:
@@ -70,16 +72,27 @@ def distill(
         list[Path] | None, typer.Option(help="Extra text files, one text a line.")
     ] = None,
     epochs: Annotated[float, typer.Option(help="Training epochs.")] = 1.0,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    loss: Annotated[str, typer.Option(help="mse or mse+structure.")] = "mse",
+    loss: Annotated[
+        str,
+        typer.Option(
+            help="rank (teacher's rankings, KL), mse (embedding matching) or mse+structure."
+        ),
+    ] = "rank",
+    temperature: Annotated[
+        float, typer.Option(help="Softmax temperature of the rank loss.")
+    ] = 0.05,
+    max_seq_length: Annotated[
+        int | None, typer.Option(help="Student's token window (default: the teacher's).")
+    ] = None,
     compress: Annotated[
         bool, typer.Option(help="Export ONNX and int8 (behind the quality gate) afterwards.")
     ] = True,
     verbose: Verbose = False,
 ) -> None:
-    """Distill the teacher into a smaller student by embedding matching (MSE)."""
+    """Distill the teacher into a smaller student (teacher rankings by default, or MSE)."""
     _setup(verbose)
     from distill.config import DistillConfig
     from distill.run import distill as run_distill
@@ -98,6 +111,8 @@ def distill(
             lr=lr,
             seed=seed,
             loss=loss,
+            temperature=temperature,
+            max_seq_length=max_seq_length,
             compress=compress,
         )
         report = run_distill(config)
@@ -128,12 +143,12 @@ def index(
     id_field: Annotated[str | None, typer.Option(help="Id field (default _id, else id).")] = None,
     title_field: Annotated[str, typer.Option(help="Title field.")] = "title",
     text_field: Annotated[str, typer.Option(help="Text field.")] = "text",
-    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
+    batch_size: EncodeBatch = 32,
     shard_size: Annotated[int, typer.Option(help="Documents per checkpoint shard.")] = 1024,
     target_recall: Annotated[
         float, typer.Option(help="recall@10 the tuned search parameters must reach.")
     ] = 0.95,
-    backend: Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")] = "auto",
+    backend: BackendOpt = "auto",
     engine: Annotated[str, typer.Option(help="local, or dask (with --scheduler).")] = "local",
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")
@@ -259,8 +274,8 @@ def eval_(
     mode: Annotated[str, typer.Option(help="dense|bm25|hybrid (dense + bm25 fused).")] = "dense",
     split: Annotated[str, typer.Option(help="Qrels split to evaluate on.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 32,
-    backend: Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")] = "auto",
+    batch_size: EncodeBatch = 32,
+    backend: BackendOpt = "auto",
     cache: Annotated[bool, typer.Option(help="Reuse and fill the embedding cache.")] = True,
     fusion: Annotated[str, typer.Option(help="hybrid: rrf|convex.")] = "convex",
     weight: Annotated[float, typer.Option(help="hybrid: dense share in [0, 1].")] = 0.5,

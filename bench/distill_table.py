@@ -2,13 +2,19 @@
 
     python bench/distill_table.py --model teacher=all-mpnet-base-v2 \
         --model minilm=all-MiniLM-L6-v2 --model student=runs/demo/student \
-        --model student+int8=runs/demo/student@onnx-int8 [--out bench/out]
+        --model student+int8=runs/demo/student@onnx-int8 [--dims 256] [--out bench/out]
 
 For each model: nDCG@10 and Recall@100 on the test split (corpus embeddings through
 the embedding cache), corpus docs/s and single-query ms measured now on the same
 passages and queries for every model, size on disk, and a paired test of per-query
 nDCG@10 against the first model (the teacher): mean difference, 95 % bootstrap
 interval, permutation p-value. Writes table.md, results.json and pareto.png.
+
+With ``--dims N`` the last model (or ``--dims-of LABEL``) also gets a row with its
+output reduced to N dimensions by PCA (`distill.dims.reduce_dims`), fitted on corpus
+documents and *train* queries, never test queries; when that row's backend is ONNX the
+reduced copy is exported (and, for ``onnx-int8``, quantized behind the cosine gate)
+so it is compared artifact for artifact.
 """
 
 from __future__ import annotations
@@ -63,6 +69,32 @@ def measure(spec: str, backend: str, passages: list[str], queries: list[str]) ->
     }
 
 
+def reduced_variant(label: str, spec: str, backend: str, dim: int, data: Path, out: Path) -> str:
+    """Write a PCA-reduced copy of `spec` under `out`; return its ``LABEL=PATH@backend``."""
+    from distill.dims import reduce_dims
+    from distill.export import export_onnx
+    from distill.quantize import QualityGate, quantize_int8
+
+    has_train = (data / "qrels" / "train.tsv").is_file()
+    corpus, queries, _ = load_beir(data, "train" if has_train else "test")
+    if not has_train:
+        queries = {}  # test queries are for evaluation only
+    _, docs = corpus_texts(corpus)
+    rng = random.Random(1)
+    texts = list(queries.values()) + rng.sample(docs, min(2000, len(docs)))
+    rng.shuffle(texts)
+    folder = out / f"{label}-d{dim}"
+    report = reduce_dims(resolve_model(spec), folder, dim, texts, overwrite=True)
+    print(f"{label}-d{dim}: energy kept {report['energy_kept']:.4f}", flush=True)
+    if backend in ("onnx", "onnx-int8"):
+        export_onnx(folder, texts[:64])
+    if backend == "onnx-int8":
+        q = quantize_int8(folder, texts[:64], QualityGate())
+        if not q["written"]:
+            backend = "onnx"
+    return f"{label}-d{dim}={folder}@{backend}"
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -111,7 +143,18 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--speed-docs", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    parser.add_argument("--dims", type=int, default=None, help="add a PCA-reduced row")
+    parser.add_argument("--dims-of", default=None, help="LABEL to reduce (default: last)")
     args = parser.parse_args()
+    if args.dims:
+        specs = dict(m.partition("=")[::2] for m in args.model)
+        label = args.dims_of or args.model[-1].partition("=")[0]
+        if label not in specs:
+            parser.error(f"--dims-of {label!r}: no --model with that label")
+        spec, _, backend = specs[label].partition("@")
+        args.model.append(
+            reduced_variant(label, spec, backend or "torch", args.dims, args.data, args.out)
+        )
 
     corpus, queries, qrels = load_beir(args.data, args.split)
     _, texts = corpus_texts(corpus)

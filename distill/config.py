@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _GENERIC = "msmarco-queries.txt"
-LOSSES = ("mse", "mse+structure")
+LOSSES = ("rank", "mse", "mse+structure")
 
 
 def default_generic_texts() -> Path | None:
@@ -60,11 +60,16 @@ class DistillConfig:
         extra_texts: User text files, one text a line.
         generic_texts: Generic queries file (None: none).
         holdout: Fraction of texts held out to measure fidelity.
+        max_seq_length: Student's token window; default the teacher's (see
+            `distill.student.match_window`).
         compress: After training, export ONNX and try int8 (behind the quality gate).
         val_queries: Queries used to gate the student on retrieval quality.
         val_docs: Documents those queries are searched over (judged ones included).
-        loss: ``mse`` (embedding matching) or ``mse+structure`` (plus the in-batch
+        loss: ``rank`` (the teacher's in-batch rankings of mined query-document
+            examples, KL divergence; needs no shared space), ``mse`` (embedding matching
+            against PCA-reduced teacher targets) or ``mse+structure`` (plus the in-batch
             similarity-matrix term of `distill.losses`).
+        temperature: Softmax temperature of the ``rank`` loss.
     """
 
     teacher: str
@@ -76,13 +81,14 @@ class DistillConfig:
     extra_texts: list[Path] = field(default_factory=list)
     generic_texts: Path | None = field(default_factory=default_generic_texts)
     epochs: float = 1.0
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 2e-5
     seed: int = 42
     holdout: float = 0.05
     eval_steps: int = 50
     max_seq_length: int | None = None
-    loss: str = "mse"
+    loss: str = "rank"
+    temperature: float = 0.05
     val_queries: int = 300
     compress: bool = True
     val_docs: int = 1000
@@ -101,6 +107,8 @@ class DistillConfig:
             raise ValueError(f"holdout must be in (0, 0.5), got {self.holdout}")
         if self.batch_size < 2 or self.lr <= 0 or self.epochs <= 0:
             raise ValueError("--batch-size must be >= 2, --lr and --epochs > 0")
+        if not 0 < self.temperature <= 10:
+            raise ValueError(f"--temperature must be in (0, 10], got {self.temperature}")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         for path in self.extra_texts:

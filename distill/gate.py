@@ -10,12 +10,8 @@ sample of the corpus, so the cost stays bounded on large corpora.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from search.corpus import iter_documents, load_beir
 from search.embed_cache import EmbeddingCache
@@ -36,28 +32,6 @@ class ValidationSet:
     queries: Queries
     qrels: Qrels
     source: str
-
-
-class ModelEncoder:
-    """An in-memory `SentenceTransformer` seen through the `Encoder` protocol."""
-
-    backend = "torch"
-
-    def __init__(self, model: Any, name: str, model_hash: str = "unsaved") -> None:
-        self.model, self.name, self.model_hash = model, name, model_hash
-        self.dim = int(model.get_embedding_dimension())
-
-    def encode(
-        self, texts: Sequence[str], *, batch_size: int = 32, show_progress: bool = False
-    ) -> np.ndarray:
-        vecs = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=show_progress,
-        )
-        return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
 def reserve_train_queries(data: Path, n: int, seed: int) -> tuple[Queries, Qrels]:

@@ -15,17 +15,22 @@ from typing import Any
 
 from distill.config import DistillConfig
 from distill.gate import (
-    ModelEncoder,
     ValidationSet,
     reserve_train_queries,
     sample_corpus,
     score,
     teacher_qrels,
 )
-from distill.student import build_student, count_parameters
+from distill.mining import mine_rank_examples
+from distill.student import build_student, count_parameters, match_window
 from distill.targets import fit_target_map
 from distill.texts import collect_texts
-from distill.train import FidelityEvaluator, train_student
+from distill.train import (
+    FidelityEvaluator,
+    RetrievalEvaluator,
+    train_student,
+    training_objective,
+)
 from search.assets import atomic_write_text, embeddings_dir, model_hash, resolve_model
 from search.embed_cache import EmbeddingCache
 from search.encoder import TorchEncoder
@@ -74,6 +79,7 @@ def model_card(report: dict[str, Any]) -> str:
             f"{report['steps']} of {report['max_steps']} (stopped by {report['stopped_by']})",
         ),
         ("training time", f"{report['train_seconds']} s"),
+        ("token window", report["config"].get("max_seq_length", "model default")),
         ("parameters", f"{params['student']:,} (teacher {params['teacher']:,})"),
         ("size on disk", f"{size['student']:.1f} MB (teacher {size['teacher']:.1f} MB)"),
         (
@@ -97,10 +103,18 @@ def model_card(report: dict[str, Any]) -> str:
         int8 = comp["int8"]
         verdict = "written" if int8["written"] else "refused"
         rows.append(("ONNX int8", f"{verdict}: {int8['reason']}"))
+    method = {
+        "rank": "matching the teacher's in-batch rankings of mined query-document pairs "
+        "(KL divergence of the score softmaxes)",
+        "mse": "embedding matching (MSE to PCA-reduced teacher embeddings)",
+        "mse+structure": "embedding matching (MSE) plus the in-batch similarity structure",
+    }[report["config"]["loss"]]
+    gate = report["gate"]
+    rows.append(("retrieval gate (nDCG@10)", _gate_line(gate)))
     lines = [
         f"# distilsearch student of {report['teacher']}",
         "",
-        f"Distilled by embedding matching (MSE) from `{report['teacher']}` "
+        f"Distilled by {method} from `{report['teacher']}` "
         f"(hash `{report['teacher_hash']}`) into `{report['student']}`.",
         "",
         "| fact | value |",
@@ -184,8 +198,8 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         teacher, train + held, desc="teacher labels", progress=progress
     )
     student = build_student(spec, teacher.model)
-    if config.max_seq_length:
-        student.max_seq_length = config.max_seq_length
+    shipped_window = student.max_seq_length
+    window = match_window(student, teacher.model, config.max_seq_length)
     sample = train[:_MAP_SAMPLE]
     s0 = student.encode(sample, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     tmap = fit_target_map(teacher_vecs[: len(sample)], s0)
@@ -194,7 +208,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     before = heldout(student)
     val = _validation_set(config, val_queries, val_qrels, held, texts.all_queries(), teacher, cache)
     student_cache = None
-    if spec.model is not None:
+    if spec.model is not None and window == shipped_window:  # else cached vectors are stale
         folder = resolve_model(spec.model)
         student_cache = EmbeddingCache(embeddings_dir(), model_hash(folder), int(s0.shape[1]))
     gate: dict[str, Any] = {
@@ -203,16 +217,42 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         "queries": len(val.queries),
         "docs": len(val.corpus),
         "teacher": score(teacher, val, cache),
-        "before": score(ModelEncoder(student, "initial", model_hash="x"), val, student_cache),
+        "before": score(
+            TorchEncoder.from_model(student, "initial", model_hash="x"), val, student_cache
+        ),
     }
     initial_state = copy.deepcopy(student.state_dict())
 
     work = config.out.with_name(f".{config.out.name}.work")
+    train_vecs = teacher_vecs[: len(train)]
+    rank = None
+    if config.loss == "rank":
+        docs = set(texts.by_source.get("documents", []))
+        query_like = texts.all_queries() | set(texts.by_source.get("sentences", []))
+        d_idx = [i for i, t in enumerate(train) if t in docs]
+        q_idx = [i for i, t in enumerate(train) if t in query_like]
+        rank = mine_rank_examples(
+            [train[i] for i in q_idx],
+            train_vecs[q_idx],
+            [train[i] for i in d_idx],
+            train_vecs[d_idx],
+            seed=config.seed,
+        )
+        logger.info("mined %d ranking examples over %d documents", len(rank), len(d_idx))
+    dataset, loss = training_objective(
+        student,
+        config.loss,
+        texts=train,
+        targets=targets[: len(train)],
+        teacher=train_vecs,
+        rank=rank,
+        temperature=config.temperature,
+    )
     info = train_student(
         student,
-        train,
-        targets[: len(train)],
-        heldout,
+        dataset,
+        loss,
+        RetrievalEvaluator(val) if config.loss == "rank" else heldout,
         work,
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -220,9 +260,9 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         max_minutes=config.max_minutes,
         eval_steps=config.eval_steps,
         seed=config.seed,
-        teacher=teacher_vecs[: len(train)] if config.loss == "mse+structure" else None,
     )
-    gate["after"] = score(ModelEncoder(student, "trained"), val)
+    info["train_examples"] = len(dataset)
+    gate["after"] = score(TorchEncoder.from_model(student, "trained"), val)
     gate["emitted"] = "trained"
     if gate["after"] < gate["before"]:
         logger.warning(
@@ -274,6 +314,8 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
             "max_minutes": config.max_minutes,
             "max_texts": config.max_texts,
             "loss": config.loss,
+            "temperature": config.temperature,
+            "max_seq_length": window,
             "seed": config.seed,
         },
     }

@@ -17,8 +17,10 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 from sentence_transformers.sentence_transformer.losses import MSELoss
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from distill.losses import SimilarityStructureLoss
+from distill.losses import RankDistillLoss, SimilarityStructureLoss
+from distill.mining import RankExamples
 from distill.targets import fidelity
+from search.encoder import TorchEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,27 @@ class FidelityEvaluator(SentenceEvaluator):
         return {"fidelity_cosine": fid["cosine"], "fidelity_mse": fid["mse"]}
 
 
+class RetrievalEvaluator(SentenceEvaluator):
+    """nDCG@10 of the student on a validation set (train queries, never test ones)."""
+
+    def __init__(self, val: Any) -> None:
+        super().__init__()
+        self.val = val
+        self.primary_metric = "val_ndcg@10"
+        self.greater_is_better = True
+
+    def __call__(
+        self,
+        model: Any,
+        output_path: str | None = None,
+        epoch: int = -1,
+        steps: int = -1,
+    ) -> dict[str, float]:
+        from distill.gate import score
+
+        return {"val_ndcg@10": score(TorchEncoder.from_model(model, "student"), self.val)}
+
+
 class TimeBudget(TrainerCallback):
     """Stop training (after saving a checkpoint) once `minutes` of wall time are spent."""
 
@@ -71,11 +94,47 @@ def _last_checkpoint(folder: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
-def train_student(
+def training_objective(
     student: SentenceTransformer,
+    loss: str,
+    *,
     texts: list[str],
     targets: np.ndarray,
-    heldout: FidelityEvaluator,
+    teacher: np.ndarray,
+    rank: RankExamples | None = None,
+    temperature: float = 0.05,
+) -> tuple[Any, Any]:
+    """The training dataset and loss module of a loss name (see `distill.config.LOSSES`).
+
+    ``mse`` matches `targets`; ``mse+structure`` also the in-batch similarity matrix of
+    the `teacher` embeddings; ``rank`` distils the teacher's in-batch rankings of the
+    mined `rank` examples.
+    """
+    from datasets import Dataset
+
+    if loss == "rank":
+        if rank is None or len(rank) < 2:
+            raise ValueError("the rank loss needs at least 2 mined query-document examples")
+        data = {
+            "query": rank.queries,
+            "positive": rank.positives,
+            "negative": rank.negatives,
+            "label": rank.labels.tolist(),
+        }
+        return Dataset.from_dict(data), RankDistillLoss(student, temperature)
+    if loss == "mse+structure":
+        labels = np.concatenate([targets, teacher], axis=1).astype(np.float32)
+        module: Any = SimilarityStructureLoss(student, student_dim=targets.shape[1])
+    else:
+        labels, module = targets.astype(np.float32), MSELoss(student)
+    return Dataset.from_dict({"text": texts, "label": labels.tolist()}), module
+
+
+def train_student(
+    student: SentenceTransformer,
+    train: Any,
+    loss: Any,
+    evaluator: SentenceEvaluator,
     work: Path,
     *,
     epochs: float,
@@ -84,26 +143,20 @@ def train_student(
     max_minutes: float,
     eval_steps: int,
     seed: int,
-    teacher: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Train `student` so its embeddings of `texts` match `targets` (MSE).
-
-    With `teacher` (the raw teacher embeddings of `texts`), the loss also matches the
-    in-batch similarity structure (`SimilarityStructureLoss`).
+    """Train `student` on the dataset `train` with the loss module `loss`.
 
     Checkpoints go to ``work/``; a run interrupted at any point resumes from the last
-    one. Training stops early when held-out fidelity stops improving (3 evaluations)
-    or when the time budget is spent; the best checkpoint is loaded at the end.
+    one. Training stops early when the evaluator's primary metric stops improving
+    (3 evaluations) or when the time budget is spent; the best checkpoint is loaded at
+    the end.
 
     Returns:
         Facts of the run: steps, seconds, whether it resumed, why it stopped.
     """
-    from datasets import Dataset
-
-    labels = targets if teacher is None else np.concatenate([targets, teacher], axis=1)
-    train = Dataset.from_dict({"text": texts, "label": labels.astype(np.float32).tolist()})
-    steps_per_epoch = max(1, len(texts) // batch_size)
+    steps_per_epoch = max(1, len(train) // batch_size)
     eval_steps = max(1, min(eval_steps, steps_per_epoch))
+    metric = f"eval_{evaluator.primary_metric}"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work),
         num_train_epochs=epochs,
@@ -116,7 +169,7 @@ def train_student(
         save_steps=eval_steps,
         save_total_limit=2,
         load_best_model_at_end=True,
-        metric_for_best_model="eval_fidelity_cosine",
+        metric_for_best_model=metric,
         greater_is_better=True,
         logging_steps=eval_steps,
         report_to="none",
@@ -130,10 +183,8 @@ def train_student(
         model=student,
         args=args,
         train_dataset=train,
-        loss=MSELoss(student)
-        if teacher is None
-        else SimilarityStructureLoss(student, student_dim=targets.shape[1]),
-        evaluator=heldout,
+        loss=loss,
+        evaluator=evaluator,
         callbacks=[budget, EarlyStoppingCallback(early_stopping_patience=3)],
     )
     resume = _last_checkpoint(work)

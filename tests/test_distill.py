@@ -45,7 +45,15 @@ def test_smaller_student_learns_pca_targets(
 ) -> None:
     out = tmp_path / "student"
     report = distill(
-        _config(tiny_model_64, str(tiny_model), scifact_slice, out, epochs=3.0, max_texts=120),
+        _config(
+            tiny_model_64,
+            str(tiny_model),
+            scifact_slice,
+            out,
+            epochs=3.0,
+            max_texts=120,
+            loss="mse",
+        ),
         progress=False,
     )
     loaded = SentenceTransformer(str(out), device="cpu")
@@ -121,3 +129,15 @@ def test_gate_falls_back_to_teacher_judgements(
     )
     assert report["gate"]["source"] == "teacher top-10"
     assert report["gate"]["teacher"] == 1.0  # the teacher agrees with itself
+
+
+def test_rank_loss_trains_and_selects_on_validation_ndcg(
+    tiny_model_64: Path, tiny_model: Path, scifact: Path, tmp_path: Path
+) -> None:
+    cfg = _config(
+        tiny_model_64, str(tiny_model), scifact, tmp_path / "r", val_queries=20, val_docs=100
+    )
+    report = distill(cfg, progress=False)
+    assert report["config"]["loss"] == "rank" and report["steps"] > 0
+    assert report["train_examples"] > 0
+    assert report["gate"]["source"] == "train qrels"
