@@ -141,3 +141,27 @@ def test_rank_loss_trains_and_selects_on_validation_ndcg(
     assert report["config"]["loss"] == "rank" and report["steps"] > 0
     assert report["train_examples"] > 0
     assert report["gate"]["source"] == "train qrels"
+
+
+def test_student_reads_the_teachers_token_window(tiny_model: Path, tiny_model_64: Path) -> None:
+    from distill.student import match_window
+
+    student = SentenceTransformer(str(tiny_model), device="cpu")
+    teacher = SentenceTransformer(str(tiny_model_64), device="cpu")
+    teacher.max_seq_length = 100
+    assert match_window(student, teacher) == 100 and student.max_seq_length == 100
+    teacher.max_seq_length = 1000  # capped by the student's 128 position embeddings
+    assert match_window(student, teacher) == 128
+    assert match_window(student, teacher, override=32) == 32
+
+
+def test_the_saved_student_keeps_the_window(
+    tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "w"
+    report = distill(
+        _config(tiny_model_64, str(tiny_model), scifact_slice, out, max_seq_length=48),
+        progress=False,
+    )
+    assert report["config"]["max_seq_length"] == 48
+    assert SentenceTransformer(str(out), device="cpu").max_seq_length == 48
