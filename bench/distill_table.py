@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.assets import embeddings_dir, resolve_model
+from search.assets import cache_dir, embeddings_dir, resolve_model
 from search.corpus import load_beir
 from search.embed_cache import cache_for
 from search.encoder import load_encoder
@@ -70,7 +70,8 @@ def measure(spec: str, backend: str, passages: list[str], queries: list[str]) ->
 
 
 def reduced_variant(label: str, spec: str, backend: str, dim: int, data: Path, out: Path) -> str:
-    """Write a PCA-reduced copy of `spec` under `out`; return its ``LABEL=PATH@backend``."""
+    """Write a PCA-reduced copy of `spec` under `out` (a cache folder, not the report's);
+    return its ``LABEL=PATH@backend``."""
     from distill.dims import reduce_dims
     from distill.export import export_onnx
     from distill.quantize import QualityGate, quantize_int8
@@ -153,7 +154,9 @@ def main() -> None:
             parser.error(f"--dims-of {label!r}: no --model with that label")
         spec, _, backend = specs[label].partition("@")
         args.model.append(
-            reduced_variant(label, spec, backend or "torch", args.dims, args.data, args.out)
+            reduced_variant(
+                label, spec, backend or "torch", args.dims, args.data, cache_dir() / "bench-table"
+            )
         )
 
     corpus, queries, qrels = load_beir(args.data, args.split)
