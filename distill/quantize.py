@@ -354,7 +354,8 @@ def quantize_int8(
                 os.replace(path, folder / ONNX_DIR / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    entry = {k: report.get(k) for k in ("written", "reason", "cosine_mean", "size_mb")}
+    keys = ("written", "reason", "cosine_mean", "size_mb", "speedup")
+    entry = {k: report.get(k) for k in keys}
     update_manifest(folder, **{INT8_FILE: entry})
     if passed:
         logger.info("wrote %s: %s", report["path"], report["reason"])
