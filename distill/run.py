@@ -109,8 +109,7 @@ def model_card(report: dict[str, Any]) -> str:
         "mse": "embedding matching (MSE to PCA-reduced teacher embeddings)",
         "mse+structure": "embedding matching (MSE) plus the in-batch similarity structure",
     }[report["config"]["loss"]]
-    gate = report["gate"]
-    rows.append(("retrieval gate (nDCG@10)", _gate_line(gate)))
+    rows.append(("retrieval gate (nDCG@10)", _gate_line(report["gate"])))
     lines = [
         f"# distilsearch student of {report['teacher']}",
         "",
@@ -262,7 +261,10 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         seed=config.seed,
     )
     info["train_examples"] = len(dataset)
-    gate["after"] = score(TorchEncoder.from_model(student, "trained"), val)
+    if config.loss == "rank" and info["best_score"] is not None:
+        gate["after"] = float(info["best_score"])  # checkpoints were chosen by this score
+    else:
+        gate["after"] = score(TorchEncoder.from_model(student, "trained"), val)
     gate["emitted"] = "trained"
     if gate["after"] < gate["before"]:
         logger.warning(

@@ -41,12 +41,8 @@ class FidelityEvaluator(SentenceEvaluator):
         epoch: int = -1,
         steps: int = -1,
     ) -> dict[str, float]:
-        vecs = model.encode(
-            self.texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+        vecs = TorchEncoder.from_model(model, "student").encode(
+            self.texts, batch_size=self.batch_size
         )
         fid = fidelity(vecs, self.targets)
         return {"fidelity_cosine": fid["cosine"], "fidelity_mse": fid["mse"]}
@@ -152,7 +148,8 @@ def train_student(
     the end.
 
     Returns:
-        Facts of the run: steps, seconds, whether it resumed, why it stopped.
+        Facts of the run: steps, seconds, whether it resumed, why it stopped, and the
+        evaluator's primary metric of the checkpoint kept (``best_score``).
     """
     steps_per_epoch = max(1, len(train) // batch_size)
     eval_steps = max(1, min(eval_steps, steps_per_epoch))
@@ -203,4 +200,5 @@ def train_student(
         "resumed_from": resume,
         "stopped_by": stopped,
         "best_checkpoint": state.best_model_checkpoint,
+        "best_score": state.best_metric,
     }
