@@ -7,12 +7,17 @@ Builds (once, cached under ~/.cache/distilsearch/bench) a Flat index of SciFact 
 the student and one for the teacher from the embedding cache, and starts three real
 servers (`distilsearch serve`, uvicorn on 127.0.0.1, free ports): the student, the
 student with one-at-a-time encoding (``DISTILSEARCH_BATCH_MAX_SIZE=1``) and the
-teacher. Each concurrency level drives them with SciFact test queries over HTTP
-(httpx, async) in short rounds that alternate between the servers, so load from
+teacher. Each concurrency level drives them with SciFact test queries over HTTP in
+short rounds that alternate between the servers, so load from
 other processes falls on all of them alike: a bounded number of requests, bounded in
 time too. Prints p50/p95/p99 latency, QPS and errors per level and server; student
 QPS over teacher QPS; the gain of micro-batching; and the student's RSS before and
 after ``--rss-requests`` more requests.
+
+The load comes from wrk (``apt-get install wrk``; one C thread, ``bench/wrk_search.lua``)
+when it is installed, else from httpx (async Python). The client shares the
+machine's cores with the servers, and a Python client costs about as much CPU per
+request as the server does: on 2 cores httpx capped the student near 100 QPS.
 
 The teacher's corpus embeddings come from the embedding cache only: with
 ``--teacher-docs cached`` (the default) the teacher index holds the documents whose
@@ -27,10 +32,12 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +56,10 @@ from search.types import DataError, document_text
 
 DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) / "scifact"
 READY_TIMEOUT_S = 600
+WRK = shutil.which("wrk") or "wrk"
+WRK_SCRIPT = Path(__file__).with_name("wrk_search.lua")
 WARMUP = 32
+K = 10
 
 
 @dataclass
@@ -164,10 +174,10 @@ class Server:
         self._out.close()
 
 
-async def _drive(
+async def _drive_httpx(
     url: str, queries: list[str], clients: int, requests: int, max_s: float
 ) -> tuple[list[float], int, float]:
-    """Send `requests` searches from `clients` concurrent clients (stop at `max_s`).
+    """Send `requests` searches from `clients` concurrent httpx clients (stop at `max_s`).
 
     Returns:
         (latencies in ms of the successful requests, errors, wall seconds).
@@ -187,8 +197,8 @@ async def _drive(
                 sent += 1
                 start = time.perf_counter()
                 try:
-                    r = await client.post("/search", json={"query": query, "k": 10})
-                    ok = r.status_code == 200 and len(r.json()["hits"]) == 10
+                    r = await client.post("/search", json={"query": query, "k": K})
+                    ok = r.status_code == 200 and len(r.json()["hits"]) == K
                 except httpx.HTTPError:
                     ok = False
                 if ok:
@@ -200,10 +210,49 @@ async def _drive(
         return latencies, errors, time.perf_counter() - t0
 
 
+def _drive_wrk(
+    url: str, bodies: Path, clients: int, requests: int, max_s: float
+) -> tuple[list[float], int, float]:
+    """The same as `_drive_httpx`, with wrk (C, one thread) sending the requests.
+
+    wrk reports latency quantiles, not each request's latency; the returned list
+    holds one value per good response, read off those quantiles (0.1 % steps), so
+    that rounds pool as raw samples would.
+    """
+    cmd = [
+        WRK,
+        "-t1",
+        f"-c{clients}",
+        f"-d{max(1, int(max_s))}s",
+        f"--timeout={max(10, int(max_s))}s",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+        "--",
+        str(bodies),
+        str(requests),
+        str(K),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_s + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no result (exit {out.returncode}): {out.stderr[-500:]}")
+    got = json.loads(line[4:])
+    levels = np.arange(1, 1001) / 10
+    quantiles_ms = np.asarray(got["quantiles_us"], dtype=float) / 1000
+    latencies = np.interp(np.linspace(0.1, 100, got["good"]), levels, quantiles_ms)
+    errors = got["bad"] + got["socket_errors"]
+    return latencies.tolist(), errors, got["seconds"]
+
+
+Drive = Callable[[str, int, int, float], tuple[list[float], int, float]]
+"""(url, clients, requests, max seconds) -> (latencies ms, errors, wall seconds)."""
+
+
 def measure(
     server: str,
     url: str,
-    queries: list[str],
+    drive: Drive,
     clients: int,
     requests: int,
     max_s: float,
@@ -222,9 +271,7 @@ def measure(
     wall = dict.fromkeys(lat, 0.0)
     for _ in range(rounds):
         for name, target in targets:
-            got, bad, seconds = asyncio.run(
-                _drive(target, queries, clients, max(1, requests // rounds), max_s / rounds)
-            )
+            got, bad, seconds = drive(target, clients, max(1, requests // rounds), max_s / rounds)
             lat[name] += got
             errors[name] += bad
             wall[name] += seconds
@@ -262,6 +309,12 @@ def main() -> None:
         "--teacher-docs", default="cached", help="cached: only cached embeddings; all"
     )
     parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "httpx"],
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator: wrk (C, light; apt-get install wrk) or httpx (Python)",
+    )
     parser.add_argument("--out", type=Path, default=cache_dir() / "bench")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
@@ -279,6 +332,22 @@ def main() -> None:
     )
     del student, teacher
     logs = Path(tempfile.mkdtemp(prefix="distilsearch-load-"))
+    drive: Drive
+    if args.client == "wrk":
+        bodies = logs / "bodies.jsonl"
+        bodies.write_text("".join(json.dumps({"query": q, "k": K}) + "\n" for q in queries))
+
+        def drive(
+            url: str, clients: int, requests: int, max_s: float
+        ) -> tuple[list[float], int, float]:
+            return _drive_wrk(url, bodies, clients, requests, max_s)
+    else:
+
+        def drive(
+            url: str, clients: int, requests: int, max_s: float
+        ) -> tuple[list[float], int, float]:
+            return asyncio.run(_drive_httpx(url, queries, clients, requests, max_s))
+
     s_name = f"student ({read_manifest(s_index)['count']} docs)"
     t_name = f"teacher ({read_manifest(t_index)['count']} docs)"
     o_name = "student, no batching"
@@ -292,9 +361,10 @@ def main() -> None:
             t_index, {**env, "DISTILSEARCH_BACKEND": "torch"}, logs / "teacher.log"
         )
         for name, server in servers.items():
-            measure(name, server.url, queries, 4, WARMUP, args.max_seconds)
+            measure(name, server.url, drive, 4, WARMUP, args.max_seconds)
         print(
             f"{len(queries)} SciFact test queries, k=10, dense; {os.cpu_count()} CPUs; "
+            f"load from {args.client}; "
             f"{args.requests} requests per level and server in {args.rounds} alternating "
             f"rounds (at most {args.max_seconds:g} s); logs in {logs}"
         )
@@ -308,7 +378,7 @@ def main() -> None:
             rows = measure(
                 s_name,
                 servers[s_name].url,
-                queries,
+                drive,
                 clients,
                 args.requests,
                 args.max_seconds,
@@ -324,7 +394,7 @@ def main() -> None:
         if args.rss_requests:
             served = servers[s_name]
             rss["before_mb"] = served.rss_mb()
-            (row,) = measure(s_name, served.url, queries, 16, args.rss_requests, args.rss_seconds)
+            (row,) = measure(s_name, served.url, drive, 16, args.rss_requests, args.rss_seconds)
             rss.update(after_mb=served.rss_mb(), requests=row.requests, errors=row.errors)
             rss["qps"] = row.qps
     finally:
@@ -351,8 +421,8 @@ def main() -> None:
     total_errors = sum(r.errors for r in (*s_rows, *o_rows, *t_rows)) + int(rss.get("errors", 0))
     print(f"errors: {total_errors}")
     if args.json:
-        rows = [asdict(r) for r in (*s_rows, *o_rows, *t_rows)]
-        args.json.write_text(json.dumps({"levels": rows, **summary}, indent=2) + "\n")
+        dumped = [asdict(r) for r in (*s_rows, *o_rows, *t_rows)]
+        args.json.write_text(json.dumps({"levels": dumped, **summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
