@@ -127,7 +127,11 @@ def available_backends(folder: Path) -> list[str]:
 
 
 def load_encoder(
-    name_or_path: str | Path, *, backend: Backend = "auto", batch_size: int | None = None
+    name_or_path: str | Path,
+    *,
+    backend: Backend = "auto",
+    batch_size: int | None = None,
+    threads: int | None = None,
 ) -> Encoder:
     """Load an encoder by model name or folder.
 
@@ -136,6 +140,8 @@ def load_encoder(
         backend: ``auto`` picks the fastest artifact the folder holds
             (ONNX int8 > ONNX > torch); the others force one and fail if it is absent.
         batch_size: Unused here; kept for call sites that configure encoders uniformly.
+        threads: onnxruntime intra-op threads of an ONNX encoder (default: every core);
+            torch encoders use torch's process-wide setting.
 
     Raises:
         AssetError: the model cannot be resolved, or the forced backend is absent.
@@ -155,4 +161,4 @@ def load_encoder(
         return TorchEncoder(folder, name=name)
     from search.onnx_encoder import OnnxEncoder
 
-    return OnnxEncoder(folder, name=name, quantized=chosen == "onnx-int8")
+    return OnnxEncoder(folder, name=name, quantized=chosen == "onnx-int8", threads=threads)

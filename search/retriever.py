@@ -48,6 +48,7 @@ class Retriever:
         model: str | None = None,
         backend: Backend = "auto",
         mmap: bool = False,
+        threads: int | None = None,
     ) -> Retriever:
         """Load an index folder and its model (the one in the manifest unless given).
 
@@ -56,6 +57,7 @@ class Retriever:
             model: Model name or folder; default: the manifest's.
             backend: Encoder backend (see `search.encoder.load_encoder`).
             mmap: Memory-map the index where FAISS supports it (see `load_index_folder`).
+            threads: Encoder threads (see `search.encoder.load_encoder`).
         """
         folder = load_index_folder(index_dir, mmap=mmap)
         spec = model or folder.manifest["model"].get("path") or folder.manifest["model"]["name"]
@@ -64,7 +66,7 @@ class Retriever:
             # Queries through the artifact that encoded the documents (int8 vectors
             # differ from fp32 ones), unless the caller picks another.
             backend = recorded
-        return cls(load_encoder(spec, backend=backend), folder)
+        return cls(load_encoder(spec, backend=backend, threads=threads), folder)
 
     def search_vectors(
         self, vectors: np.ndarray, k: int, *, params: SearchParams | None = None

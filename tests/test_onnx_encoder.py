@@ -42,12 +42,17 @@ def test_token_ids_match_transformers_tokenizer(exported: Path) -> None:
     assert feeds["input_ids"].shape[1] == 64  # the long text is cut at max_seq_length
 
 
-def test_encode_keeps_input_order_and_normalises(exported: Path) -> None:
-    encoder = OnnxEncoder(exported, name="tiny")
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_encode_keeps_input_order_and_normalises(exported: Path, parallel: int) -> None:
+    encoder = OnnxEncoder(exported, name="tiny", threads=2, parallel=parallel)
     texts = [*TEXTS[::-1], "another text about cells"]
     together = encoder.encode(texts, batch_size=2)
     one_by_one = np.stack([encoder.encode([t])[0] for t in texts])
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    if parallel > 1:  # several batches ran at once on a one-thread session
+        assert encoder._lean.get_session_options().intra_op_num_threads == 1
+    else:
+        assert encoder._lean is None and encoder._pool is None
     assert together.dtype == np.float32 and together.shape == (len(texts), 32)
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     assert encoder.encode([]).shape == (0, 32)
