@@ -28,7 +28,13 @@ from search.retriever import Retriever
 logger = logging.getLogger(__name__)
 
 
-def _set_torch_threads(n: int | None) -> None:
+def _set_torch_threads(settings: Settings, backend: str) -> None:
+    """torch's intra-op threads: ``torch_threads``, else, for a torch encoder, the cores
+    shared among the encode workers (two workers on two threads each would ask four
+    threads of two cores)."""
+    n = settings.torch_threads
+    if n is None and backend == "torch":
+        n = settings.threads_per_worker()
     if n is not None:
         import torch
 
@@ -78,20 +84,27 @@ def create_app(settings: Settings, *, retriever: Retriever | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _set_torch_threads(settings.torch_threads)
         holder = EngineHolder()
         if retriever is not None:
             engine = engine_for(retriever)
         else:
             engine = await run_in_threadpool(
-                load_engine, settings.index_dir, model=settings.model, backend=settings.backend
+                load_engine,
+                settings.index_dir,
+                model=settings.model,
+                backend=settings.backend,
+                threads=settings.threads_per_worker(),
             )
+        _set_torch_threads(settings, engine.retriever.encoder.backend)
         holder.swap(engine)
         batcher = MicroBatcher(
             max_batch=settings.batch_max_size,
             max_wait_ms=settings.batch_max_wait_ms,
             max_queue=settings.max_queue,
             on_batch=metrics.observe_batch,
+            search_threads=settings.search_threads,
+            workers=settings.workers(),
+            encode_batch_size=settings.batch_encode_size,
         )
         batcher.start()
         service = Service(settings, holder, batcher, metrics)

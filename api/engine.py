@@ -77,6 +77,7 @@ def load_engine(
     backend: str = "auto",
     encoder: Encoder | None = None,
     generation: int = 1,
+    threads: int | None = None,
 ) -> Engine:
     """Load an index folder (and its BM25 index, if any) completely.
 
@@ -87,6 +88,7 @@ def load_engine(
         encoder: An encoder already loaded; reused when its model hash matches the
             index's (a reload of the same model then costs no model load).
         generation: Generation number to give the engine.
+        threads: Encoder threads (see `search.encoder.load_encoder`).
 
     Raises:
         DistilsearchError: the folder is not a loadable index, or the model mismatches.
@@ -96,7 +98,12 @@ def load_engine(
         retriever = Retriever(encoder, folder)
     else:
         folder.close()
-        retriever = Retriever.open(index_dir, model=model, backend=backend)  # type: ignore[arg-type]
+        retriever = Retriever.open(
+            index_dir,
+            model=model,
+            backend=backend,  # type: ignore[arg-type]
+            threads=threads,
+        )
     bm25, error = _load_bm25(index_dir)
     return Engine(retriever, bm25, error, generation=generation)
 

@@ -189,6 +189,7 @@ class Service:
                 backend=s.backend,
                 encoder=current.retriever.encoder if current is not None else None,
                 generation=current.generation + 1 if current is not None else 1,
+                threads=s.threads_per_worker(),
             )
         except (DistilsearchError, OSError, RuntimeError) as exc:
             logger.error("reload of %s failed: %s", s.index_dir, exc)

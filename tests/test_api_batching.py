@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +60,22 @@ def test_batch_size_one_is_one_at_a_time(retriever: Retriever) -> None:
     assert sizes == [1] * len(QUERIES)
 
 
+def test_several_workers_answer_every_query_and_stop_promptly(retriever: Retriever) -> None:
+    threads: set[str] = set()
+
+    def seen(n: int, e: float, s: float) -> None:
+        threads.add(threading.current_thread().name)
+
+    batcher = MicroBatcher(max_batch=2, workers=3, search_threads=1, on_batch=seen)
+    started = time.perf_counter()
+    results = run_all(batcher, retriever)
+    assert time.perf_counter() - started < 8  # stop() does not wait out a join timeout
+    assert not batcher._threads
+    for query, (hits, _) in zip(QUERIES, results, strict=True):
+        assert [h.id for h in hits] == [h.id for h in retriever.search(query, 3)]
+    assert threads <= {f"micro-batcher-{i}" for i in range(3)} and threads
+
+
 def test_mixed_k_in_one_batch(retriever: Retriever) -> None:
     async def main(batcher: MicroBatcher) -> list:
         return await asyncio.gather(*(batcher.search(retriever, "cats", k) for k in (1, 5, 2)))
@@ -92,5 +110,7 @@ def test_a_full_queue_is_overload_not_a_hang(retriever: Retriever) -> None:
 def test_bad_settings_and_not_started(retriever: Retriever) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(max_batch=0)
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher(workers=0)
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(MicroBatcher().search(retriever, "x", 1))
