@@ -15,7 +15,6 @@ together costs more than encoding them apart; what batching saves there is FAISS
 passes over the index (one scan serves every query of the batch). Parallelism is
 what makes a CPU serve more: onnxruntime and FAISS release the GIL, and on 2 cores
 two one-thread encodes at once served 1.4x the queries of one two-thread encode.
-On a GPU, raise ``encode_batch_size``.
 """
 
 from __future__ import annotations
@@ -251,4 +250,4 @@ class MicroBatcher:
             else:
                 stops += 1
         for _ in range(stops):  # the other workers' sentinels go back for them
-            self._queue.put_nowait(_STOP)
+            self._queue.put(_STOP)  # blocks at most while the other workers drain

@@ -70,6 +70,13 @@ def _load_bm25(index_dir: Path) -> tuple[BM25Index | None, str | None]:
         return None, str(exc)
 
 
+def _warm_up(retriever: Retriever) -> None:
+    """Encode one text before requests do: lazy set-up (a fast tokenizer's truncation
+    and padding state, onnxruntime's buffers) then happens once, not in the first
+    requests, which the encode workers may run at the same time."""
+    retriever.encoder.encode(["warm-up"])
+
+
 def load_engine(
     index_dir: Path,
     *,
@@ -104,6 +111,7 @@ def load_engine(
             backend=backend,  # type: ignore[arg-type]
             threads=threads,
         )
+    _warm_up(retriever)
     bm25, error = _load_bm25(index_dir)
     return Engine(retriever, bm25, error, generation=generation)
 

@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     )
 
     # Micro-batching of query encoding.
-    batch_max_size: int = Field(32, ge=1, description="Most queries encoded together; 1: off.")
+    batch_max_size: int = Field(
+        32, ge=1, description="Most queries batched together (one FAISS search); 1: off."
+    )
     batch_max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="How long a batch waits for more queries under load."
     )
@@ -55,7 +57,7 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Queries per encoder sub-batch within a batch. 1: no padding, and ONNX runs "
-            "them on all cores at once (fastest on CPUs); raise it on a GPU."
+            "them on all cores at once (the fastest measured on CPUs)."
         ),
     )
     encode_workers: int | None = Field(
@@ -70,8 +72,8 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description=(
-            "onnxruntime threads of each encode (torch: process-wide, see torch_threads); "
-            "default: cores / encode_workers."
+            "onnxruntime threads of each encode, and torch's (process-wide) unless "
+            "torch_threads is set; default: cores / encode_workers."
         ),
     )
     search_threads: int = Field(

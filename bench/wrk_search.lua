@@ -14,7 +14,8 @@ ffi.cdef [[
   int getpid(void);
   long syscall(long number, ...);
 ]]
-local CLOCK_MONOTONIC, SYS_TGKILL, SIGINT = 1, 234, 2 -- Linux x86_64
+local CLOCK_MONOTONIC, SIGINT = 1, 2
+local SYS_TGKILL = ({ x64 = 234, arm64 = 131 })[ffi.arch] -- Linux; nil: wait out -d
 
 local function now()
   local ts = ffi.new("struct timespec")
@@ -52,9 +53,11 @@ function response(status, headers, body)
   if good + bad >= limit then
     wrk.thread:stop()
     -- wake wrk's main thread, which otherwise sleeps out the whole -d duration
-    local pid = ffi.C.getpid()
-    local long = ffi.typeof("long") -- varargs: Lua numbers would pass as doubles
-    ffi.C.syscall(long(SYS_TGKILL), long(pid), long(pid), long(SIGINT))
+    if SYS_TGKILL then
+      local pid = ffi.C.getpid()
+      local long = ffi.typeof("long") -- varargs: Lua numbers would pass as doubles
+      ffi.C.syscall(long(SYS_TGKILL), long(pid), long(pid), long(SIGINT))
+    end
   end
 end
 

@@ -268,9 +268,13 @@ class OnnxEncoder:
                     pool.submit(self._run, [encoded[i] for i in rows], session): rows
                     for rows in batches
                 }
-                for done in as_completed(running):
-                    out[running[done]] = done.result()
-                    bar.update()
+                try:
+                    for done in as_completed(running):
+                        out[running[done]] = done.result()
+                        bar.update()
+                finally:  # a failure or Ctrl-C leaves no batches running behind it
+                    for future in running:
+                        future.cancel()
             else:
                 for rows in batches:
                     out[rows] = self._run([encoded[i] for i in rows])
