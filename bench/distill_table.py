@@ -14,7 +14,9 @@ With ``--dims N`` the last model (or ``--dims-of LABEL``) also gets a row with i
 output reduced to N dimensions by PCA (`distill.dims.reduce_dims`), fitted on corpus
 documents and *train* queries, never test queries; when that row's backend is ONNX the
 reduced copy is exported (and, for ``onnx-int8``, quantized behind the cosine gate)
-so it is compared artifact for artifact.
+so it is compared artifact for artifact. ``--int8-of LABEL`` adds an ONNX int8 copy
+of that model (exported and quantized as students are, behind the cosine gate), e.g.
+the shipped baseline, to show what compression alone buys.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -69,13 +72,8 @@ def measure(spec: str, backend: str, passages: list[str], queries: list[str]) ->
     }
 
 
-def reduced_variant(label: str, spec: str, backend: str, dim: int, data: Path, out: Path) -> str:
-    """Write a PCA-reduced copy of `spec` under `out` (a cache folder, not the report's);
-    return its ``LABEL=PATH@backend``."""
-    from distill.dims import reduce_dims
-    from distill.export import export_onnx
-    from distill.quantize import QualityGate, quantize_int8
-
+def _sample_texts(data: Path) -> list[str]:
+    """Corpus documents and *train* queries (never test queries), shuffled."""
     has_train = (data / "qrels" / "train.tsv").is_file()
     corpus, queries, _ = load_beir(data, "train" if has_train else "test")
     if not has_train:
@@ -84,16 +82,44 @@ def reduced_variant(label: str, spec: str, backend: str, dim: int, data: Path, o
     rng = random.Random(1)
     texts = list(queries.values()) + rng.sample(docs, min(2000, len(docs)))
     rng.shuffle(texts)
+    return texts
+
+
+def reduced_variant(label: str, spec: str, backend: str, dim: int, data: Path, out: Path) -> str:
+    """Write a PCA-reduced copy of `spec` under `out` (a cache folder, not the report's);
+    return its ``LABEL=PATH@backend``."""
+    from distill.dims import reduce_dims
+
+    texts = _sample_texts(data)
     folder = out / f"{label}-d{dim}"
     report = reduce_dims(resolve_model(spec), folder, dim, texts, overwrite=True)
     print(f"{label}-d{dim}: energy kept {report['energy_kept']:.4f}", flush=True)
+    return _compressed(label, f"{label}-d{dim}", folder, backend, texts)
+
+
+def int8_variant(label: str, spec: str, data: Path, out: Path) -> str:
+    """An ONNX int8 copy of `spec` under `out`, exported and quantized as a distilled
+    student is (e.g. the shipped baseline, to compare compression alone); returns its
+    ``LABEL+int8=PATH@backend``."""
+    folder = out / f"{label}-int8"
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(resolve_model(spec), folder, ignore=shutil.ignore_patterns("onnx", ".git"))
+    return _compressed(label, f"{label}+int8", folder, "onnx-int8", _sample_texts(data))
+
+
+def _compressed(label: str, name: str, folder: Path, backend: str, texts: list[str]) -> str:
+    from distill.export import export_onnx
+    from distill.quantize import QualityGate, quantize_int8
+
     if backend in ("onnx", "onnx-int8"):
         export_onnx(folder, texts[:64])
     if backend == "onnx-int8":
         q = quantize_int8(folder, texts[:64], QualityGate())
         if not q["written"]:
+            print(f"{name}: no int8 model ({q['reason']}); fp32 ONNX instead", flush=True)
             backend = "onnx"
-    return f"{label}-d{dim}={folder}@{backend}"
+    return f"{name}={folder}@{backend}"
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -112,7 +138,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             xytext=(5, 4),
             fontsize=8,
         )
-    front = []
+    front: list[dict[str, Any]] = []
     for r in sorted(rows, key=lambda r: -r["docs_per_s"]):
         if not front or r["ndcg@10"] > front[-1]["ndcg@10"]:
             front.append(r)
@@ -146,9 +172,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--dims", type=int, default=None, help="add a PCA-reduced row")
     parser.add_argument("--dims-of", default=None, help="LABEL to reduce (default: last)")
+    parser.add_argument(
+        "--int8-of",
+        action="append",
+        default=[],
+        help="LABEL of a model to add as an ONNX int8 copy too (e.g. the shipped baseline)",
+    )
     args = parser.parse_args()
+    specs = dict(m.partition("=")[::2] for m in args.model)
+    for label in args.int8_of:
+        if label not in specs:
+            parser.error(f"--int8-of {label!r}: no --model with that label")
+        spec = specs[label].partition("@")[0]
+        args.model.append(int8_variant(label, spec, args.data, cache_dir() / "bench-table"))
     if args.dims:
-        specs = dict(m.partition("=")[::2] for m in args.model)
         label = args.dims_of or args.model[-1].partition("=")[0]
         if label not in specs:
             parser.error(f"--dims-of {label!r}: no --model with that label")
