@@ -129,13 +129,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for i, r in enumerate(sorted(rows, key=lambda r: r["docs_per_s"])):
         ax.scatter(r["docs_per_s"], r["ndcg@10"], s=40)
-        ax.annotate(
+        ax.annotate(  # neighbours alternate above and below, so labels do not overlap
             r["label"],
             (r["docs_per_s"], r["ndcg@10"]),
             textcoords="offset points",
-            xytext=(5, 4),
+            xytext=(5, 4 if i % 2 == 0 else -11),
             fontsize=8,
         )
     front: list[dict[str, Any]] = []
