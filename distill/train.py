@@ -25,48 +25,52 @@ from search.encoder import TorchEncoder
 logger = logging.getLogger(__name__)
 
 
-class FidelityEvaluator(SentenceEvaluator):
+class _StudentEvaluator(SentenceEvaluator):
+    """A trainer evaluator that scores the model in training through `TorchEncoder`.
+
+    Subclasses pass their primary metric (greater is better) and implement `measure`.
+    """
+
+    def __init__(self, primary_metric: str) -> None:
+        super().__init__()  # sets primary_metric to None, greater_is_better to True
+        self.primary_metric = primary_metric
+
+    def __call__(
+        self,
+        model: Any,
+        output_path: str | None = None,
+        epoch: int = -1,
+        steps: int = -1,
+    ) -> dict[str, float]:
+        return self.measure(TorchEncoder.from_model(model, "student"))
+
+    def measure(self, encoder: TorchEncoder) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class FidelityEvaluator(_StudentEvaluator):
     """Mean cosine (primary) and MSE of the student's embeddings to fixed targets."""
 
     def __init__(self, texts: list[str], targets: np.ndarray, batch_size: int = 32) -> None:
-        super().__init__()
+        super().__init__("fidelity_cosine")
         self.texts, self.targets, self.batch_size = texts, targets, batch_size
-        self.primary_metric = "fidelity_cosine"
-        self.greater_is_better = True
 
-    def __call__(
-        self,
-        model: Any,
-        output_path: str | None = None,
-        epoch: int = -1,
-        steps: int = -1,
-    ) -> dict[str, float]:
-        vecs = TorchEncoder.from_model(model, "student").encode(
-            self.texts, batch_size=self.batch_size
-        )
-        fid = fidelity(vecs, self.targets)
+    def measure(self, encoder: TorchEncoder) -> dict[str, float]:
+        fid = fidelity(encoder.encode(self.texts, batch_size=self.batch_size), self.targets)
         return {"fidelity_cosine": fid["cosine"], "fidelity_mse": fid["mse"]}
 
 
-class RetrievalEvaluator(SentenceEvaluator):
+class RetrievalEvaluator(_StudentEvaluator):
     """nDCG@10 of the student on a validation set (train queries, never test ones)."""
 
     def __init__(self, val: Any) -> None:
-        super().__init__()
+        super().__init__("val_ndcg@10")
         self.val = val
-        self.primary_metric = "val_ndcg@10"
-        self.greater_is_better = True
 
-    def __call__(
-        self,
-        model: Any,
-        output_path: str | None = None,
-        epoch: int = -1,
-        steps: int = -1,
-    ) -> dict[str, float]:
+    def measure(self, encoder: TorchEncoder) -> dict[str, float]:
         from distill.gate import score
 
-        return {"val_ndcg@10": score(TorchEncoder.from_model(model, "student"), self.val)}
+        return {"val_ndcg@10": score(encoder, self.val)}
 
 
 class TimeBudget(TrainerCallback):
