@@ -94,7 +94,7 @@ def reduced_variant(label: str, spec: str, backend: str, dim: int, data: Path, o
     folder = out / f"{label}-d{dim}"
     report = reduce_dims(resolve_model(spec), folder, dim, texts, overwrite=True)
     print(f"{label}-d{dim}: energy kept {report['energy_kept']:.4f}", flush=True)
-    return _compressed(label, f"{label}-d{dim}", folder, backend, texts)
+    return _compressed(f"{label}-d{dim}", folder, backend, texts)
 
 
 def int8_variant(label: str, spec: str, data: Path, out: Path) -> str:
@@ -105,10 +105,12 @@ def int8_variant(label: str, spec: str, data: Path, out: Path) -> str:
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(resolve_model(spec), folder, ignore=shutil.ignore_patterns("onnx", ".git"))
-    return _compressed(label, f"{label}+int8", folder, "onnx-int8", _sample_texts(data))
+    return _compressed(f"{label}+int8", folder, "onnx-int8", _sample_texts(data))
 
 
-def _compressed(label: str, name: str, folder: Path, backend: str, texts: list[str]) -> str:
+def _compressed(name: str, folder: Path, backend: str, texts: list[str]) -> str:
+    """Export `folder` to ONNX (and int8 behind the cosine gate) as `backend` asks;
+    returns ``NAME=PATH@backend``, fp32 ONNX when int8 was refused."""
     from distill.export import export_onnx
     from distill.quantize import QualityGate, quantize_int8
 

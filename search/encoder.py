@@ -7,7 +7,6 @@ fp32 (files under ``onnx/`` written by ``distill``), then torch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -99,11 +98,13 @@ MIN_INT8_SPEEDUP = 1.1
 
 def _int8_speedup(folder: Path) -> float | None:
     """int8 over fp32 ONNX throughput, as measured when the int8 model was written."""
+    from search.onnx_encoder import INT8_FILE, read_manifest
+
     try:
-        manifest = json.loads((folder / "onnx" / "manifest.json").read_text())
-        speedup = manifest["model_int8.onnx"]["speedup"]
-    except (OSError, ValueError, KeyError, TypeError):
+        entry = read_manifest(folder).get(INT8_FILE)
+    except AssetError:  # an unreadable manifest: no measurement
         return None
+    speedup = entry.get("speedup") if isinstance(entry, dict) else None
     return float(speedup) if isinstance(speedup, int | float) else None
 
 
