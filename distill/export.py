@@ -151,10 +151,32 @@ def _sentence_graph(model: Any) -> tuple[Any, list[str], dict[str, Any]]:
     return SentenceGraph().eval(), names, facts
 
 
+def _eager_attention(model: Any) -> str:
+    """Switch the transformer to plain matmul-softmax attention for tracing.
+
+    Traced through torch's SDPA, each layer's attention carries extra masking ops
+    (IsNaN, Where) that onnxruntime neither fuses nor runs fast: the same MiniLM-L6
+    student encoded SciFact passages 20-30 % faster when exported eager (int8,
+    2 cores: 22 -> 28 docs/s). The two give the same vectors (the export check
+    compares with torch).
+
+    Returns:
+        The attention implementation the graph is traced with.
+    """
+    auto = model[0].auto_model
+    try:
+        auto.set_attn_implementation("eager")
+    except (AttributeError, ValueError) as exc:  # an architecture without eager attention
+        logger.info("exporting with the model's own attention: %s", exc)
+    return str(getattr(auto.config, "_attn_implementation", None) or "default")
+
+
 def _export(model: Any, path: Path, opset: int) -> dict[str, Any]:
     import torch
 
+    attention = _eager_attention(model)
     graph, names, facts = _sentence_graph(model)
+    facts["attention"] = attention
     # A padded batch of two lengths, so the trace keeps the attention mask.
     sample = model.tokenizer(
         ["a", "an example sentence, long enough to need padding"],
@@ -347,6 +369,7 @@ def export_onnx(
         inputs=facts["inputs"],
         pooling=facts["pooling"],
         heads=facts["heads"],
+        attention=facts["attention"],
         opset=opset,
         versions=_versions(),
     )

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
@@ -61,6 +62,10 @@ def test_export_matches_torch_and_writes_manifest(tiny_copy: Path) -> None:
     assert report["pooling"] == ["mean"] and report["dim"] == 32 and report["size_mb"] > 0
     manifest = json.loads((tiny_copy / "onnx" / "manifest.json").read_text())
     assert manifest["max_seq_length"] == 64 and manifest["dim"] == 32
+    # Traced with eager attention: SDPA's masking ops (IsNaN/Where) slow onnxruntime.
+    assert report["attention"] == manifest["attention"] == "eager"
+    graph = onnx.load(str(tiny_copy / "onnx" / "model.onnx"), load_external_data=False)
+    assert "IsNaN" not in {node.op_type for node in graph.graph.node}
     # Dynamic batch and sequence axes: other batch sizes and lengths than the trace's.
     encoder = OnnxEncoder(tiny_copy, name="tiny")
     texts = [*TEXTS, "one more", "x " * 300]  # the last is truncated to 64 tokens
