@@ -111,7 +111,7 @@ def load_engine(
             backend=backend,  # type: ignore[arg-type]
             threads=threads,
         )
-    _warm_up(retriever)
+        _warm_up(retriever)  # a reused encoder has served already
     bm25, error = _load_bm25(index_dir)
     return Engine(retriever, bm25, error, generation=generation)
 

@@ -19,7 +19,7 @@ from distill.quantize import (
     quantize_int8,
     weight_matmuls,
 )
-from search.encoder import MIN_INT8_SPEEDUP, Encoder, available_backends, load_encoder
+from search.encoder import Encoder, available_backends, load_encoder
 from search.onnx_encoder import OnnxEncoder
 
 TEXTS = [
@@ -101,22 +101,10 @@ def test_quantize_writes_int8_that_agrees(fresh: Path) -> None:
     manifest = json.loads((fresh / "onnx" / "manifest.json").read_text())
     assert manifest["model_int8.onnx"]["written"] is True and manifest["dim"] == 32
     assert manifest["model_int8.onnx"]["speedup"] == report["speedup"]
-    fast = report["speedup"] >= MIN_INT8_SPEEDUP
-    assert available_backends(fresh)[0] == ("onnx-int8" if fast else "onnx")
-    assert load_encoder(fresh).backend == ("onnx-int8" if fast else "onnx")
+    assert available_backends(fresh) == ["onnx-int8", "onnx", "torch"]
+    assert load_encoder(fresh).backend == "onnx-int8"
+    assert load_encoder(fresh, backend="onnx").backend == "onnx"
     assert not list((fresh / "onnx").glob(".int8-*"))
-
-
-def test_auto_prefers_int8_only_where_it_was_measured_faster(fresh: Path) -> None:
-    quantize_int8(fresh, TEXTS)
-    path = fresh / "onnx" / "manifest.json"
-    manifest = json.loads(path.read_text())
-    for speedup, first in ((1.6, "onnx-int8"), (1.02, "onnx"), (None, "onnx-int8")):
-        manifest["model_int8.onnx"]["speedup"] = speedup
-        path.write_text(json.dumps(manifest))
-        assert available_backends(fresh)[0] == first
-        assert sorted(available_backends(fresh)) == ["onnx", "onnx-int8", "torch"]
-    assert load_encoder(fresh, backend="onnx-int8").backend == "onnx-int8"
 
 
 def test_retrieval_gate_refuses_and_deletes_old_int8(fresh: Path) -> None:
