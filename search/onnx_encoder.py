@@ -11,6 +11,7 @@ module only tokenises, batches and calls onnxruntime. Files in a model folder::
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -212,6 +213,18 @@ class OnnxEncoder:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="onnx")
             return self._lean, self._pool
+
+    def sequential(self) -> OnnxEncoder:
+        """A view of this encoder (same sessions, no new memory) that runs its batches
+        one after another on the main session instead of in the shared pool.
+
+        For bulk work beside latency-bound queries, e.g. a server's document upserts:
+        in the pool, an upsert's dozens of batches would queue ahead of the queries'.
+        """
+        view = copy.copy(self)
+        view.parallel = 1
+        view._pool = None
+        return view
 
     def features(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenise and pad texts into the graph's inputs.

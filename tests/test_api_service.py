@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -392,6 +393,33 @@ def test_upsert_and_delete_are_searchable_at_once(
         ]:
             r = c.post("/documents", json={"documents": docs}, headers=auth)
             assert r.status_code == 422 and fragment in json.dumps(r.json()["detail"])
+
+
+def test_upsert_with_onnx_encoder_stays_out_of_the_query_pool(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from distill.export import export_onnx
+    from indexer.build import build_index
+    from search.encoder import load_encoder
+    from search.onnx_encoder import OnnxEncoder
+
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    export_onnx(model, [text for _, _, text in DOCS])
+    encoder = load_encoder(model)
+    assert isinstance(encoder, OnnxEncoder)
+    idx = tmp_path / "idx"
+    build_index(encoder, DOCS, idx, model_path=str(model), progress=False)
+    settings = Settings(index_dir=idx, api_key=KEY, encode_workers=1)
+    with TestClient(create_app(settings)) as c:
+        docs = [{"id": f"n{i}", "title": "", "text": f"note number {i}"} for i in range(40)]
+        r = c.post("/documents", json={"documents": docs}, headers={"X-API-Key": KEY})
+        assert r.status_code == 200 and r.json()["added"] == 40, r.text
+        served = c.app.state.service.holder.current.retriever.encoder
+        assert isinstance(served, OnnxEncoder) and served.backend == "onnx"
+        # Two batches of 32 ran one after another, not in the pool queries share.
+        assert served._pool is None
+        exact = c.post("/search", json={"query": "note number 7", "k": 1}).json()
+        assert ids(exact) == ["n7"]
 
 
 # --- health, info, metrics, settings ------------------------------------------------

@@ -17,6 +17,7 @@ from api.deps import AdminDep, EngineDep, ServiceDep
 from api.schemas import ADMIN_ERRORS, ErrorOut, ReloadResult, UpdateResult, UpsertRequest
 from api.service import Service, has_surrogate, invalid
 from indexer.update import delete_documents, upsert_documents
+from search.onnx_encoder import OnnxEncoder
 from search.types import DistilsearchError
 
 router = APIRouter(tags=["admin"], dependencies=[AdminDep])
@@ -79,6 +80,8 @@ async def upsert(body: UpsertRequest, engine: EngineDep, service: ServiceDep) ->
                 )
     triples = [(d.id, d.title, d.text) for d in docs]
     encoder = engine.retriever.encoder
+    if isinstance(encoder, OnnxEncoder):  # its batches must not queue ahead of queries'
+        encoder = encoder.sequential()
     async with service.admin_lock:
         return await _write(
             service, lambda: upsert_documents(settings.index_dir, triples, encoder, bm25=True)
