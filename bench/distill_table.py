@@ -129,17 +129,32 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, r in enumerate(sorted(rows, key=lambda r: r["docs_per_s"])):
+    for r in rows:
         ax.scatter(r["docs_per_s"], r["ndcg@10"], s=40)
-        ax.annotate(  # neighbours alternate above and below, so labels do not overlap
-            r["label"],
-            (r["docs_per_s"], r["ndcg@10"]),
-            textcoords="offset points",
-            xytext=(5, 4 if i % 2 == 0 else -11),
-            fontsize=8,
-        )
+    ax.set_xscale("log")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    placed: list[Any] = []
+    # Each label takes the first spot around its point that overlaps no earlier label.
+    spots = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 12), (5, -19)]
+    for r in sorted(rows, key=lambda r: r["docs_per_s"]):
+        for dx, dy in spots:
+            note = ax.annotate(
+                r["label"],
+                (r["docs_per_s"], r["ndcg@10"]),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                ha="left" if dx > 0 else "right",
+                fontsize=8,
+            )
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == spots[-1]:
+                placed.append(box)
+                break
+            note.remove()
     front: list[dict[str, Any]] = []
     for r in sorted(rows, key=lambda r: -r["docs_per_s"]):
         if not front or r["ndcg@10"] > front[-1]["ndcg@10"]:
@@ -151,7 +166,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         lw=1,
         label="Pareto front",
     )
-    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("corpus encoding, docs/s (log, 2 CPU cores)")
     ax.set_ylabel("nDCG@10 (SciFact test)")
     ax.legend(loc="lower left")
@@ -170,7 +187,7 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--speed-docs", type=int, default=128)
+    parser.add_argument("--speed-docs", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--dims", type=int, default=None, help="add a PCA-reduced row")
     parser.add_argument("--dims-of", default=None, help="LABEL to reduce (default: last)")
