@@ -8,13 +8,14 @@ checked against torch's on real texts; an export that disagrees is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +152,10 @@ def _sentence_graph(model: Any) -> tuple[Any, list[str], dict[str, Any]]:
     return SentenceGraph().eval(), names, facts
 
 
-def _eager_attention(model: Any) -> str:
-    """Switch the transformer to plain matmul-softmax attention for tracing.
+@contextlib.contextmanager
+def _eager_attention(transformer: Any) -> Iterator[str]:
+    """Trace `transformer` (a Hugging Face model) with plain matmul-softmax attention,
+    restoring its own attention afterwards.
 
     Traced through torch's SDPA, each layer's attention carries extra masking ops
     (IsNaN, Where) that onnxruntime neither fuses nor runs fast: the same MiniLM-L6
@@ -160,23 +163,28 @@ def _eager_attention(model: Any) -> str:
     2 cores: 22 -> 28 docs/s). The two give the same vectors (the export check
     compares with torch).
 
-    Returns:
+    Yields:
         The attention implementation the graph is traced with.
     """
-    auto = model[0].auto_model
+    config = transformer.config
+    before = getattr(config, "_attn_implementation", None)
     try:
-        auto.set_attn_implementation("eager")
-    except (AttributeError, ValueError) as exc:  # an architecture without eager attention
-        logger.info("exporting with the model's own attention: %s", exc)
-    return str(getattr(auto.config, "_attn_implementation", None) or "default")
+        transformer.set_attn_implementation("eager")
+    except (AttributeError, ValueError) as exc:  # no eager attention, or older transformers
+        logger.warning(
+            "exporting with the model's own attention (%s), maybe slower: %s", before, exc
+        )
+    try:
+        yield str(getattr(config, "_attn_implementation", None) or "default")
+    finally:
+        if before and getattr(config, "_attn_implementation", None) != before:
+            transformer.set_attn_implementation(before)
 
 
 def _export(model: Any, path: Path, opset: int) -> dict[str, Any]:
     import torch
 
-    attention = _eager_attention(model)
-    graph, names, facts = _sentence_graph(model)
-    facts["attention"] = attention
+    graph, names, facts = _sentence_graph(model)  # checks the modules first
     # A padded batch of two lengths, so the trace keeps the attention mask.
     sample = model.tokenizer(
         ["a", "an example sentence, long enough to need padding"],
@@ -186,7 +194,11 @@ def _export(model: Any, path: Path, opset: int) -> dict[str, Any]:
     args = tuple(sample[n] for n in names)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["sentence_embedding"] = {0: "batch"}
-    with warnings.catch_warnings(), torch.no_grad():
+    with (
+        _eager_attention(graph.transformer) as attention,
+        warnings.catch_warnings(),
+        torch.no_grad(),
+    ):
         # The TorchScript exporter is deprecated but needs no onnxscript and traces
         # transformers 5 models cleanly; its tracer warnings are about shape checks.
         warnings.simplefilter("ignore")
@@ -201,6 +213,7 @@ def _export(model: Any, path: Path, opset: int) -> dict[str, Any]:
             do_constant_folding=True,
             dynamo=False,
         )
+    facts["attention"] = attention
     _consolidate(path)
     return facts
 

@@ -396,13 +396,14 @@ def test_upsert_and_delete_are_searchable_at_once(
 
 
 def test_upsert_with_onnx_encoder_stays_out_of_the_query_pool(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from distill.export import export_onnx
     from indexer.build import build_index
     from search.encoder import load_encoder
     from search.onnx_encoder import OnnxEncoder
 
+    monkeypatch.setattr("search.onnx_encoder.cpu_count", lambda: 2)  # a pool even on 1 core
     model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
     export_onnx(model, [text for _, _, text in DOCS])
     encoder = load_encoder(model)
@@ -416,6 +417,7 @@ def test_upsert_with_onnx_encoder_stays_out_of_the_query_pool(
         assert r.status_code == 200 and r.json()["added"] == 40, r.text
         served = c.app.state.service.holder.current.retriever.encoder
         assert isinstance(served, OnnxEncoder) and served.backend == "onnx"
+        assert served.parallel == 2
         # Two batches of 32 ran one after another, not in the pool queries share.
         assert served._pool is None
         exact = c.post("/search", json={"query": "note number 7", "k": 1}).json()

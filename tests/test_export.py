@@ -14,7 +14,13 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import modules
 
-from distill.export import CompressionError, export_onnx, pool_tokens, timed_encode
+from distill.export import (
+    CompressionError,
+    _eager_attention,
+    export_onnx,
+    pool_tokens,
+    timed_encode,
+)
 from search.onnx_encoder import OnnxEncoder
 
 TEXTS = [
@@ -106,6 +112,21 @@ def test_export_refuses_unsupported_pooling(tiny_model: Path, tmp_path: Path) ->
     ).save(str(folder))
     with pytest.raises(CompressionError, match="weightedmean"):
         export_onnx(folder, TEXTS)
+
+
+def test_export_refuses_a_model_without_a_transformer_first(tmp_path: Path) -> None:
+    folder = tmp_path / "bare"
+    SentenceTransformer(modules=[modules.Normalize()], device="cpu").save(str(folder))
+    with pytest.raises(CompressionError, match=r"cannot export modules \['Normalize'\]"):
+        export_onnx(folder, TEXTS)
+
+
+def test_eager_attention_is_restored_after_the_trace(tiny_model: Path) -> None:
+    transformer = SentenceTransformer(str(tiny_model), device="cpu")[0].auto_model
+    before = transformer.config._attn_implementation
+    with _eager_attention(transformer) as traced:
+        assert traced == transformer.config._attn_implementation == "eager"
+    assert transformer.config._attn_implementation == before != "eager"
 
 
 def test_reexport_drops_int8_made_from_old_graph(tiny_copy: Path) -> None:
