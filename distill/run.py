@@ -109,6 +109,11 @@ def model_card(report: dict[str, Any]) -> str:
         "mse": "embedding matching (MSE to PCA-reduced teacher embeddings)",
         "mse+structure": "embedding matching (MSE) plus the in-batch similarity structure",
     }[report["config"]["loss"]]
+    if "served_speed_ratio" in report:
+        served = report["served_speed_ratio"]
+        rows.append(
+            (f"speed vs teacher, as served ({served['backend']})", f"{served['ratio']:.1f}x")
+        )
     rows.append(("retrieval gate (nDCG@10)", _gate_line(report["gate"])))
     lines = [
         f"# distilsearch student of {report['teacher']}",
@@ -325,10 +330,28 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     if config.compress:
         report["compression"] = compress(config.out, held[:64], val)
+        served = served_speed(report["compression"])
+        if served is not None:  # same held-out texts as speed_ratio
+            backend, docs_per_s = served
+            report["served_speed_ratio"] = {
+                "backend": backend,
+                "ratio": round(docs_per_s * teacher_spt, 2),
+            }
         report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
         atomic_write_text(config.out / REPORT, json.dumps(report, indent=2) + "\n")
         atomic_write_text(config.out / "README.md", model_card(report))
     return report
+
+
+def served_speed(compression: dict[str, Any]) -> tuple[str, float] | None:
+    """(backend, texts/s) of the artifact ``auto`` serves, from a `compress` report:
+    int8 when it was written, else fp32 ONNX; None when there is no export."""
+    int8, onnx = compression.get("int8", {}), compression.get("onnx", {})
+    if int8.get("written") and int8.get("int8_docs_per_s"):
+        return "onnx-int8", float(int8["int8_docs_per_s"])
+    if onnx.get("onnx_docs_per_s"):
+        return "onnx", float(onnx["onnx_docs_per_s"])
+    return None
 
 
 def compress(folder: Path, texts: list[str], val: ValidationSet) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from distill.config import DistillConfig
-from distill.run import REPORT, distill
+from distill.run import REPORT, distill, served_speed
 
 
 def _config(teacher: Path, student: str, data: Path, out: Path, **kw: object) -> DistillConfig:
@@ -38,6 +38,17 @@ def test_run_leaves_onnx_artifacts_behind_the_gate(
     saved = json.loads((out / REPORT).read_text())
     assert saved["compression"]["int8"]["reason"] == comp["int8"]["reason"]
     assert "ONNX fp32" in (out / "README.md").read_text()
+    served = saved["served_speed_ratio"]  # the artifact auto serves, on the same texts
+    assert served["backend"] == available_backends(out)[0] and served["ratio"] > 0
+    assert f"as served ({served['backend']})" in (out / "README.md").read_text()
+
+
+def test_served_speed_is_the_artifact_auto_serves() -> None:
+    onnx = {"onnx_docs_per_s": 12.0}
+    int8 = {"written": True, "int8_docs_per_s": 18.0}
+    assert served_speed({"onnx": onnx, "int8": int8}) == ("onnx-int8", 18.0)
+    assert served_speed({"onnx": onnx, "int8": {**int8, "written": False}}) == ("onnx", 12.0)
+    assert served_speed({"error": "cannot export"}) is None
 
 
 def test_smaller_student_learns_pca_targets(
