@@ -33,7 +33,7 @@ from distill.train import (
 )
 from search.assets import atomic_write_text, embeddings_dir, model_hash, resolve_model
 from search.embed_cache import EmbeddingCache
-from search.encoder import TorchEncoder
+from search.encoder import TorchEncoder, available_backends
 from search.types import Qrels, Queries
 
 logger = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     if config.compress:
         report["compression"] = compress(config.out, held[:64], val)
-        served = served_speed(report["compression"])
+        served = served_speed(config.out, report["compression"])
         if served is not None:  # same held-out texts as speed_ratio
             backend, docs_per_s = served
             report["served_speed_ratio"] = {
@@ -343,15 +343,16 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     return report
 
 
-def served_speed(compression: dict[str, Any]) -> tuple[str, float] | None:
-    """(backend, texts/s) of the artifact ``auto`` serves, from a `compress` report:
-    int8 when it was written, else fp32 ONNX; None when there is no export."""
-    int8, onnx = compression.get("int8", {}), compression.get("onnx", {})
-    if int8.get("written") and int8.get("int8_docs_per_s"):
-        return "onnx-int8", float(int8["int8_docs_per_s"])
-    if onnx.get("onnx_docs_per_s"):
-        return "onnx", float(onnx["onnx_docs_per_s"])
-    return None
+def served_speed(folder: Path, compression: dict[str, Any]) -> tuple[str, float] | None:
+    """(backend, texts/s) of the artifact ``auto`` serves from `folder`
+    (`search.encoder.available_backends` decides), as `compress` measured it; None when
+    that is torch (no export)."""
+    backend = available_backends(folder)[0]
+    rate = {
+        "onnx-int8": compression.get("int8", {}).get("int8_docs_per_s"),
+        "onnx": compression.get("onnx", {}).get("onnx_docs_per_s"),
+    }.get(backend)
+    return (backend, float(rate)) if rate else None
 
 
 def compress(folder: Path, texts: list[str], val: ValidationSet) -> dict[str, Any]:

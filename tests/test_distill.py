@@ -43,12 +43,19 @@ def test_run_leaves_onnx_artifacts_behind_the_gate(
     assert f"as served ({served['backend']})" in (out / "README.md").read_text()
 
 
-def test_served_speed_is_the_artifact_auto_serves() -> None:
+def test_served_speed_is_the_artifact_auto_serves(tmp_path: Path) -> None:
     onnx = {"onnx_docs_per_s": 12.0}
     int8 = {"written": True, "int8_docs_per_s": 18.0}
-    assert served_speed({"onnx": onnx, "int8": int8}) == ("onnx-int8", 18.0)
-    assert served_speed({"onnx": onnx, "int8": {**int8, "written": False}}) == ("onnx", 12.0)
-    assert served_speed({"error": "cannot export"}) is None
+    (tmp_path / "onnx").mkdir()
+    assert served_speed(tmp_path, {"error": "cannot export"}) is None  # torch only
+    (tmp_path / "onnx" / "model.onnx").touch()
+    # int8 refused: quantize_int8 leaves no model_int8.onnx behind
+    assert served_speed(tmp_path, {"onnx": onnx, "int8": {**int8, "written": False}}) == (
+        "onnx",
+        12.0,
+    )
+    (tmp_path / "onnx" / "model_int8.onnx").touch()
+    assert served_speed(tmp_path, {"onnx": onnx, "int8": int8}) == ("onnx-int8", 18.0)
 
 
 def test_smaller_student_learns_pca_targets(
