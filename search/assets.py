@@ -239,6 +239,15 @@ def model_hash(folder: Path) -> str:
     Returns:
         The first 16 hex digits of a sha256 over (relative path, file sha256) pairs.
     """
+    return files_hash(list(_model_files(folder)), folder)
+
+
+def files_hash(paths: list[Path], root: Path) -> str:
+    """A content hash of `paths` (named relative to `root`), memoised like `model_hash`.
+
+    Returns:
+        The first 16 hex digits of a sha256 over (relative path, file sha256) pairs.
+    """
     memo_path = cache_dir() / "file-hashes.json"
     try:
         memo: dict[str, str] = json.loads(memo_path.read_text())
@@ -246,13 +255,13 @@ def model_hash(folder: Path) -> str:
         memo = {}
     digest = hashlib.sha256()
     changed = False
-    for p in _model_files(folder):
+    for p in paths:
         st = p.stat()
         key = f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
         if key not in memo:
             memo[key] = sha256_file(p)
             changed = True
-        digest.update(str(p.relative_to(folder)).encode() + b"\0" + memo[key].encode())
+        digest.update(str(p.relative_to(root)).encode() + b"\0" + memo[key].encode())
     if changed:
         atomic_write_text(memo_path, json.dumps(memo))
     return digest.hexdigest()[:16]

@@ -30,13 +30,19 @@ _COMPACT_AT = 64
 
 
 def cache_key(encoder: Encoder) -> str:
-    """The cache folder name of an encoder: its model hash, plus the backend unless torch.
+    """The cache folder name of an encoder: its model hash, plus the backend and the
+    artifact's content hash unless torch.
 
-    An ONNX or int8 artifact shares the model hash of its folder but not its vectors.
+    An ONNX or int8 artifact shares the model hash of its folder but not its vectors,
+    and a re-export or re-quantization (other settings, other fp32 MatMuls) writes a
+    new artifact under the same model hash: its vectors must not be read from the old
+    one's cache.
     """
     if encoder.backend == "torch":
         return encoder.model_hash
-    return f"{encoder.model_hash}-{encoder.backend}"
+    artifact = getattr(encoder, "artifact_hash", None)
+    suffix = f"-{artifact[:8]}" if artifact else ""
+    return f"{encoder.model_hash}-{encoder.backend}{suffix}"
 
 
 def cache_for(encoder: Encoder, root: Path) -> EmbeddingCache:

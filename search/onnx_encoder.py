@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from search.assets import model_hash
+from search.assets import files_hash, model_hash
 from search.types import AssetError
 
 logger = logging.getLogger(__name__)
@@ -176,6 +176,9 @@ class OnnxEncoder:
         self.tokenizer = _Tokenizer(folder, self.max_seq_length, lower_case)
 
         self.path = path
+        data = path.with_name(path.name + ".data")  # weights stored beside the graph
+        # Which artifact: re-quantizing rewrites model_int8.onnx under the same model hash.
+        self.artifact_hash = files_hash([path, *([data] if data.is_file() else [])], path.parent)
         self.threads = threads or cpu_count()
         self.parallel = max(1, parallel or cpu_count())
         self.session = self._session(self.threads)
