@@ -12,6 +12,7 @@ import pytest
 from distill.export import export_onnx
 from distill.quantize import (
     QualityGate,
+    _quantize,
     _search,
     _Trial,
     activation_ranges,
@@ -19,6 +20,7 @@ from distill.quantize import (
     quantize_int8,
     weight_matmuls,
 )
+from search.embed_cache import cache_for, cache_key
 from search.encoder import Encoder, available_backends, load_encoder
 from search.onnx_encoder import OnnxEncoder
 
@@ -134,3 +136,24 @@ def test_cosine_gate_refuses_after_keeping_more_in_fp32(fresh: Path) -> None:
     assert not (fresh / "onnx" / "model_int8.onnx").exists()
     manifest = json.loads((fresh / "onnx" / "manifest.json").read_text())
     assert manifest["model_int8.onnx"]["written"] is False
+
+
+def test_requantized_int8_gets_its_own_embedding_cache(fresh: Path, tmp_path: Path) -> None:
+    """Re-quantizing rewrites model_int8.onnx under the same model hash; vectors cached
+    for the old artifact must not be served for the new one."""
+    assert quantize_int8(fresh, TEXTS)["written"]
+    first = OnnxEncoder(fresh, quantized=True)
+    cache = cache_for(first, tmp_path)
+    cache.encode(first, TEXTS, progress=False)
+    src, dst = fresh / "onnx" / "model.onnx", fresh / "onnx" / "model_int8.onnx"
+    _quantize(src, dst, [weight_matmuls(src)[0][0]])  # one MatMul more in fp32
+    second = OnnxEncoder(fresh, quantized=True)
+    assert second.model_hash == first.model_hash
+    assert cache_key(second) != cache_key(first)
+    assert len(cache_for(second, tmp_path)) == 0
+    cache_for(second, tmp_path).encode(second, TEXTS, progress=False)
+    again = OnnxEncoder(fresh, quantized=True)  # the same artifact reopened: same cache
+    assert cache_key(again) == cache_key(second)
+    assert len(cache_for(again, tmp_path)) == len(TEXTS)
+    assert cache_key(OnnxEncoder(fresh)) not in {cache_key(first), cache_key(second)}
+    assert cache_key(load_encoder(fresh, backend="torch")) == first.model_hash
