@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -91,8 +92,11 @@ def test_activation_ranges_cover_weight_matmuls(exported: Path) -> None:
     assert not list((exported / "onnx").glob(".probe-*"))
 
 
-def test_quantize_writes_int8_that_agrees(fresh: Path) -> None:
-    report = quantize_int8(fresh, TEXTS)
+def test_quantize_writes_int8_that_agrees(fresh: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        report = quantize_int8(fresh, TEXTS)
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    assert any("wrote" in r.getMessage() for r in caplog.records)  # our own logs pass
     assert report["written"] and (fresh / "onnx" / "model_int8.onnx").is_file()
     assert report["cosine_mean"] >= 0.99 and report["size_mb"] < report["fp32_size_mb"]
     assert report["trials"][0]["fp32_nodes"] == 0
