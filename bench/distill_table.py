@@ -37,6 +37,7 @@ from search.encoder import load_encoder
 from search.evaluate import corpus_texts, evaluate
 from search.significance import paired_test
 
+_Y_SPAN = 0.05  # nDCG@10 below the best shown to scale
 DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) / "scifact"
 
 
@@ -134,15 +135,27 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.transforms import Bbox
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    # Rows far below the best (an untrained layer subset) would squash the others into
+    # one line: they sit on the bottom edge as a down-pointing marker, value in the label.
+    best = max(r["ndcg@10"] for r in rows)
+    near = [r["ndcg@10"] for r in rows if r["ndcg@10"] >= best - _Y_SPAN]
+    floor = min(near) - 0.004
+    shown = {r["label"]: max(r["ndcg@10"], floor) for r in rows}
+    names = {
+        r["label"]: r["label"] if r["ndcg@10"] >= floor else f"{r['label']} ({r['ndcg@10']:.3f})"
+        for r in rows
+    }
     for r in rows:
-        ax.scatter(r["docs_per_s"], r["ndcg@10"], s=40)
+        marker = "o" if r["ndcg@10"] >= floor else "v"
+        ax.scatter(r["docs_per_s"], shown[r["label"]], s=40, marker=marker)
+    ax.set_ylim(floor - 0.002, best + 0.004)
     front: list[dict[str, Any]] = []
     for r in sorted(rows, key=lambda r: -r["docs_per_s"]):
         if not front or r["ndcg@10"] > front[-1]["ndcg@10"]:
             front.append(r)
     ax.plot(
         [r["docs_per_s"] for r in front],
-        [r["ndcg@10"] for r in front],
+        [shown[r["label"]] for r in front],
         "--",
         lw=1,
         label="Pareto front",
@@ -160,7 +173,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.canvas.draw()  # the layout is final: label boxes measured now stay true
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    points = {r["label"]: ax.transData.transform((r["docs_per_s"], r["ndcg@10"])) for r in rows}
+    points = {
+        r["label"]: ax.transData.transform((r["docs_per_s"], shown[r["label"]])) for r in rows
+    }
     markers = {
         label: Bbox.from_extents(x - 5, y - 5, x + 5, y + 5) for label, (x, y) in points.items()
     }
@@ -171,8 +186,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         others = placed + [box for label, box in markers.items() if label != r["label"]]
         for dx, dy in spots:
             note = ax.annotate(
-                r["label"],
-                (r["docs_per_s"], r["ndcg@10"]),
+                names[r["label"]],
+                (r["docs_per_s"], shown[r["label"]]),
                 textcoords="offset points",
                 xytext=(dx, dy),
                 ha="left" if dx > 0 else "right",
