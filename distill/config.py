@@ -91,6 +91,7 @@ class DistillConfig:
     temperature: float = 0.05
     val_queries: int = 300
     compress: bool = True
+    int8_min_cosine: float = 0.996
     val_docs: int = 1000
 
     def validate(self) -> StudentSpec:
@@ -109,6 +110,11 @@ class DistillConfig:
             raise ValueError("--batch-size must be >= 2, --lr and --epochs > 0")
         if not 0 < self.temperature <= 10:
             raise ValueError(f"--temperature must be in (0, 10], got {self.temperature}")
+        if not 0 < self.int8_min_cosine <= 1:
+            raise ValueError(
+                f"--int8-min-cosine must be in (0, 1], got {self.int8_min_cosine} "
+                "(0.996 keeps int8 within ~0.2 % of fp32 nDCG@10; 0.99 is faster)"
+            )
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         for path in self.extra_texts:

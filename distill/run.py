@@ -4,6 +4,7 @@ with a report and a model card."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -329,7 +330,9 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     _publish(student, config.out, report)
     shutil.rmtree(work, ignore_errors=True)
     if config.compress:
-        report["compression"] = compress(config.out, held[:64], val)
+        report["compression"] = compress(
+            config.out, held[:64], val, min_cosine=config.int8_min_cosine
+        )
         served = served_speed(config.out, report["compression"])
         if served is not None:  # same held-out texts as speed_ratio
             backend, docs_per_s = served
@@ -355,11 +358,14 @@ def served_speed(folder: Path, compression: dict[str, Any]) -> tuple[str, float]
     return (backend, float(rate)) if rate else None
 
 
-def compress(folder: Path, texts: list[str], val: ValidationSet) -> dict[str, Any]:
+def compress(
+    folder: Path, texts: list[str], val: ValidationSet, *, min_cosine: float | None = None
+) -> dict[str, Any]:
     """ONNX export (checked against torch), then int8 behind the retrieval gate.
 
     The int8 gate scores fp32 and int8 ONNX on the validation set (never test queries)
-    and refuses int8 when nDCG@10 drops more than 1 %.
+    and refuses int8 when nDCG@10 drops more than 1 %. `min_cosine` (default
+    `QualityGate`'s) is the int8-to-fp32 cosine that decides how many MatMuls stay fp32.
     """
     from distill.export import CompressionError, export_onnx
     from distill.quantize import QualityGate, quantize_int8, retrieval_metric
@@ -368,6 +374,8 @@ def compress(folder: Path, texts: list[str], val: ValidationSet) -> dict[str, An
     try:
         out["onnx"] = export_onnx(folder, texts)
         gate = QualityGate(evaluate=retrieval_metric(val.corpus, val.queries, val.qrels))
+        if min_cosine is not None:
+            gate = dataclasses.replace(gate, min_cosine=min_cosine)
         out["int8"] = quantize_int8(folder, texts, gate)
     except CompressionError as exc:
         logger.warning("compression stopped: %s", exc)

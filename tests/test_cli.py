@@ -85,3 +85,9 @@ def test_index_search_eval_json(tiny_model: Path, scifact_slice: Path, tmp_path:
         ).stdout
     )
     assert again["ndcg@10"] == report["ndcg@10"] and again["docs_per_s_source"] == "cache"
+
+
+def test_distill_refuses_an_int8_cosine_above_one(scifact_slice: Path, tmp_path: Path) -> None:
+    args = ["distill", "--student", "all-MiniLM-L6-v2", "--data", str(scifact_slice)]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "s"), "--int8-min-cosine", "1.5"])
+    assert r.exit_code == 2 and "--int8-min-cosine must be in (0, 1]" in _err_line(r)

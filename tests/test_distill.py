@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def test_run_leaves_onnx_artifacts_behind_the_gate(
     )
     comp = report["compression"]
     assert comp["onnx"]["cosine_mean"] >= 0.999
+    assert comp["int8"]["min_cosine"] == 0.996  # the default gate
     assert (out / "onnx" / "model_int8.onnx").is_file() == comp["int8"]["written"]
     assert "onnx" in available_backends(out)
     saved = json.loads((out / REPORT).read_text())
@@ -41,6 +43,24 @@ def test_run_leaves_onnx_artifacts_behind_the_gate(
     served = saved["served_speed_ratio"]  # the artifact auto serves, on the same texts
     assert served["backend"] == available_backends(out)[0] and served["ratio"] > 0
     assert f"as served ({served['backend']})" in (out / "README.md").read_text()
+
+
+def test_int8_min_cosine_reaches_the_quantizer(
+    tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    config = _config(
+        tiny_model_64,
+        str(tiny_model),
+        scifact_slice,
+        tmp_path / "c",
+        compress=True,
+        int8_min_cosine=0.5,
+    )
+    int8 = distill(config, progress=False)["compression"]["int8"]
+    assert int8["min_cosine"] == 0.5
+    assert [t["fp32_nodes"] for t in int8["trials"]] == [0]  # the first trial passes
+    with pytest.raises(ValueError, match="--int8-min-cosine must be in"):
+        dataclasses.replace(config, int8_min_cosine=1.5).validate()
 
 
 def test_served_speed_is_the_artifact_auto_serves(tmp_path: Path) -> None:
