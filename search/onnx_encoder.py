@@ -12,6 +12,7 @@ module only tokenises, batches and calls onnxruntime. Files in a model folder::
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -176,9 +177,6 @@ class OnnxEncoder:
         self.tokenizer = _Tokenizer(folder, self.max_seq_length, lower_case)
 
         self.path = path
-        data = path.with_name(path.name + ".data")  # weights stored beside the graph
-        # Which artifact: re-quantizing rewrites model_int8.onnx under the same model hash.
-        self.artifact_hash = files_hash([path, *([data] if data.is_file() else [])], path.parent)
         self.threads = threads or cpu_count()
         self.parallel = max(1, parallel or cpu_count())
         self.session = self._session(self.threads)
@@ -196,6 +194,14 @@ class OnnxEncoder:
         shape = self.session.get_outputs()[0].shape
         dim = shape[-1] if shape and isinstance(shape[-1], int) else manifest.get("dim")
         self.dim = int(dim) if dim else int(self._run(self.tokenizer(["a"])).shape[1])
+
+    @functools.cached_property
+    def artifact_hash(self) -> str:
+        """Content hash of the ONNX file (and its external weights), for cache keys:
+        re-quantizing rewrites model_int8.onnx under the same model hash. Computed on
+        first use, so loading an encoder for serving does not hash the file."""
+        data = self.path.with_name(self.path.name + ".data")  # weights beside the graph
+        return files_hash([self.path, *([data] if data.is_file() else [])], self.path.parent)
 
     def _session(self, threads: int) -> Any:
         import onnxruntime as ort
