@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill.quantize import QualityGate
+
 _GENERIC = "msmarco-queries.txt"
 LOSSES = ("rank", "mse", "mse+structure")
 
@@ -91,7 +93,7 @@ class DistillConfig:
     temperature: float = 0.05
     val_queries: int = 300
     compress: bool = True
-    int8_min_cosine: float = 0.996
+    int8_min_cosine: float = QualityGate.min_cosine
     val_docs: int = 1000
 
     def validate(self) -> StudentSpec:

@@ -4,7 +4,6 @@ with a report and a model card."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -359,13 +358,13 @@ def served_speed(folder: Path, compression: dict[str, Any]) -> tuple[str, float]
 
 
 def compress(
-    folder: Path, texts: list[str], val: ValidationSet, *, min_cosine: float | None = None
+    folder: Path, texts: list[str], val: ValidationSet, *, min_cosine: float
 ) -> dict[str, Any]:
     """ONNX export (checked against torch), then int8 behind the retrieval gate.
 
     The int8 gate scores fp32 and int8 ONNX on the validation set (never test queries)
-    and refuses int8 when nDCG@10 drops more than 1 %. `min_cosine` (default
-    `QualityGate`'s) is the int8-to-fp32 cosine that decides how many MatMuls stay fp32.
+    and refuses int8 when nDCG@10 drops more than 1 %. `min_cosine` is the int8-to-fp32
+    cosine that decides how many MatMuls stay fp32.
     """
     from distill.export import CompressionError, export_onnx
     from distill.quantize import QualityGate, quantize_int8, retrieval_metric
@@ -373,9 +372,8 @@ def compress(
     out: dict[str, Any] = {}
     try:
         out["onnx"] = export_onnx(folder, texts)
-        gate = QualityGate(evaluate=retrieval_metric(val.corpus, val.queries, val.qrels))
-        if min_cosine is not None:
-            gate = dataclasses.replace(gate, min_cosine=min_cosine)
+        evaluate = retrieval_metric(val.corpus, val.queries, val.qrels)
+        gate = QualityGate(min_cosine=min_cosine, evaluate=evaluate)
         out["int8"] = quantize_int8(folder, texts, gate)
     except CompressionError as exc:
         logger.warning("compression stopped: %s", exc)
