@@ -62,7 +62,7 @@ def test_gate_decision_by_hand() -> None:
 
 
 def _fake_trial(keep: int, cosine: float) -> _Trial:
-    return _Trial(keep, Path("x"), None, 1.0, cosine, cosine, 1.0)  # type: ignore[arg-type]
+    return _Trial(keep, Path("x"), 1.0, cosine, cosine, 1.0)
 
 
 def test_search_doubles_then_bisects() -> None:
