@@ -55,7 +55,13 @@ def _data_path(data: str) -> Path:
 @app.command()
 def distill(
     student: Annotated[
-        str, typer.Option(help="all-MiniLM-L6-v2, a model folder, or mpnet:layers=0,4,8,11")
+        str,
+        typer.Option(
+            help=(
+                "all-MiniLM-L6-v2, a model folder, MODEL:layers=0,1,3,5 (some of its "
+                "layers) or mpnet:layers=0,4,8,11 (of the teacher)"
+            )
+        ),
     ],
     data: Annotated[str, typer.Option(help="BEIR folder or JSONL file of the corpus to adapt to.")],
     out: Annotated[Path, typer.Option(help="Folder to write the student into.")],

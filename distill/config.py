@@ -20,12 +20,20 @@ def default_generic_texts() -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+_TEACHER_PREFIXES = {"teacher", "mpnet"}  # mpnet: the default teacher, all-mpnet-base-v2
+
+
 @dataclass(frozen=True)
 class StudentSpec:
-    """A parsed ``--student``: a layer subset of the teacher, or a model name/folder.
+    """A parsed ``--student``: a model name/folder, optionally cut to some of its layers.
 
-    ``mpnet:layers=0,4,8,11`` (any ``<prefix>:layers=...``) keeps those encoder layers of
-    the teacher; anything else names a pretrained sentence-transformers model.
+    ``all-MiniLM-L6-v2`` or a folder names a pretrained sentence-transformers model;
+    ``<model>:layers=0,1,3,5`` keeps those encoder layers of it; ``teacher:layers=...``
+    (or ``mpnet:layers=...``) keeps layers of the teacher, e.g. ``mpnet:layers=0,4,8,11``.
+
+    Attributes:
+        model: The model to start from; None for the teacher.
+        layers: Encoder layers to keep, ascending; None for all.
     """
 
     model: str | None
@@ -34,7 +42,7 @@ class StudentSpec:
     @classmethod
     def parse(cls, spec: str) -> StudentSpec:
         if ":layers=" in spec:
-            raw = spec.split(":layers=", 1)[1]
+            prefix, raw = spec.split(":layers=", 1)
             try:
                 layers = tuple(int(x) for x in raw.split(",") if x.strip())
             except ValueError as exc:
@@ -44,7 +52,8 @@ class StudentSpec:
                 ) from exc
             if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
                 raise ValueError(f"--student {spec!r}: give distinct non-negative layer numbers")
-            return cls(None, tuple(sorted(layers)))
+            model = None if prefix.lower() in _TEACHER_PREFIXES else prefix
+            return cls(model, tuple(sorted(layers)))
         return cls(spec, None)
 
 

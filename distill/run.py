@@ -212,7 +212,8 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     before = heldout(student)
     val = _validation_set(config, val_queries, val_qrels, held, texts.all_queries(), teacher, cache)
     student_cache = None
-    if spec.model is not None and window == shipped_window:  # else cached vectors are stale
+    if spec.model is not None and spec.layers is None and window == shipped_window:
+        # the shipped model's cached vectors; stale for another window or fewer layers
         folder = resolve_model(spec.model)
         student_cache = EmbeddingCache(embeddings_dir(), model_hash(folder), int(s0.shape[1]))
     gate: dict[str, Any] = {

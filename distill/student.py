@@ -16,18 +16,20 @@ from search.assets import resolve_model
 logger = logging.getLogger(__name__)
 
 
-def layer_subset(teacher: SentenceTransformer, layers: tuple[int, ...]) -> SentenceTransformer:
-    """A copy of `teacher` keeping only the given transformer layers (in order).
+def layer_subset(
+    model: SentenceTransformer, layers: tuple[int, ...], name: str = "the teacher"
+) -> SentenceTransformer:
+    """A copy of `model` keeping only the given transformer layers (in order).
 
     Raises:
         ValueError: a layer number is out of range.
     """
-    student = copy.deepcopy(teacher)
+    student = copy.deepcopy(model)
     backbone: Any = student[0].auto_model
     encoder_layers = backbone.encoder.layer
     if max(layers) >= len(encoder_layers):
         raise ValueError(
-            f"layers {list(layers)}: the teacher has {len(encoder_layers)} layers "
+            f"layers {list(layers)}: {name} has {len(encoder_layers)} layers "
             f"(0..{len(encoder_layers) - 1})"
         )
     backbone.encoder.layer = torch.nn.ModuleList([encoder_layers[i] for i in layers])
@@ -37,11 +39,14 @@ def layer_subset(teacher: SentenceTransformer, layers: tuple[int, ...]) -> Sente
 
 def build_student(spec: StudentSpec, teacher: SentenceTransformer) -> SentenceTransformer:
     """The untrained student for `spec` (a deep copy; the teacher is not modified)."""
-    if spec.layers is not None:
+    if spec.model is None:
+        assert spec.layers is not None
         return layer_subset(teacher, spec.layers)
-    assert spec.model is not None
     folder: Path = resolve_model(spec.model)
-    return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    student = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    if spec.layers is not None:
+        student = layer_subset(student, spec.layers, spec.model)
+    return student
 
 
 def match_window(

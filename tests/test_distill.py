@@ -110,12 +110,28 @@ def test_smaller_student_learns_pca_targets(
 def test_layer_subset_student(tiny_model_64: Path, scifact_slice: Path, tmp_path: Path) -> None:
     out = tmp_path / "sub"
     report = distill(
-        _config(tiny_model_64, "x:layers=1", scifact_slice, out, epochs=1.0), progress=False
+        _config(tiny_model_64, "teacher:layers=1", scifact_slice, out, epochs=1.0), progress=False
     )
     loaded = SentenceTransformer(str(out), device="cpu")
     assert loaded[0].auto_model.config.num_hidden_layers == 1
     assert report["params"]["student"] < report["params"]["teacher"]
     assert report["target_map_explained"] == 1.0
+
+
+def test_layer_subset_of_a_pretrained_student(
+    tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    """MODEL:layers=... cuts the named model, not the teacher (tiny_model is 32 wide)."""
+    out = tmp_path / "cut"
+    spec = f"{tiny_model}:layers=1"
+    report = distill(_config(tiny_model_64, spec, scifact_slice, out, epochs=1.0), progress=False)
+    loaded = SentenceTransformer(str(out), device="cpu")
+    config = loaded[0].auto_model.config
+    assert config.num_hidden_layers == 1 and config.hidden_size == 32
+    full = SentenceTransformer(str(tiny_model), device="cpu")
+    assert report["params"]["student"] < sum(p.numel() for p in full.parameters())
+    with pytest.raises(ValueError, match=r"tiny.* has 2 layers"):
+        distill(_config(tiny_model_64, f"{tiny_model}:layers=0,2", scifact_slice, tmp_path / "o"))
 
 
 def test_structure_loss_trains(
@@ -130,10 +146,12 @@ def test_structure_loss_trains(
 
 def test_bad_config_is_refused(tiny_model: Path, scifact_slice: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="the teacher has 2 layers"):
-        distill(_config(tiny_model, "x:layers=0,5", scifact_slice, tmp_path / "o"), progress=False)
+        distill(
+            _config(tiny_model, "teacher:layers=0,5", scifact_slice, tmp_path / "o"), progress=False
+        )
     with pytest.raises(ValueError, match="--max-minutes must be > 0"):
         distill(
-            _config(tiny_model, "x:layers=0", scifact_slice, tmp_path / "o", max_minutes=0),
+            _config(tiny_model, "teacher:layers=0", scifact_slice, tmp_path / "o", max_minutes=0),
             progress=False,
         )
 

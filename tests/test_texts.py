@@ -33,7 +33,10 @@ def test_sentences() -> None:
 
 
 def test_student_spec() -> None:
-    assert StudentSpec.parse("mpnet:layers=0,4,8,11").layers == (0, 4, 8, 11)
+    assert StudentSpec.parse("mpnet:layers=0,4,8,11") == StudentSpec(None, (0, 4, 8, 11))
+    assert StudentSpec.parse("teacher:layers=3,1") == StudentSpec(None, (1, 3))
+    cut = StudentSpec.parse("all-MiniLM-L6-v2:layers=0,1,3,5")
+    assert cut == StudentSpec("all-MiniLM-L6-v2", (0, 1, 3, 5))
     assert StudentSpec.parse("all-MiniLM-L6-v2").model == "all-MiniLM-L6-v2"
     with pytest.raises(ValueError, match="comma-separated integers"):
         StudentSpec.parse("mpnet:layers=a,b")
