@@ -176,6 +176,8 @@ def _validation_set(
 def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run a whole distillation; return its report (also written to ``out/``)."""
     spec = config.validate()
+    if spec.model is not None:
+        resolve_model(spec.model)  # a misspelt student fails now, not after labelling
     t_start = time.perf_counter()
     teacher_folder = resolve_model(config.teacher)
     teacher = TorchEncoder(teacher_folder, name=config.teacher)

@@ -7,6 +7,7 @@ from sentence_transformers import SentenceTransformer
 
 from distill.config import DistillConfig
 from distill.run import REPORT, distill, served_speed
+from search.types import AssetError
 
 
 def _config(teacher: Path, student: str, data: Path, out: Path, **kw: object) -> DistillConfig:
@@ -145,6 +146,8 @@ def test_structure_loss_trains(
 
 
 def test_bad_config_is_refused(tiny_model: Path, scifact_slice: Path, tmp_path: Path) -> None:
+    with pytest.raises(AssetError, match="unknown model 'no-such-model'"):
+        distill(_config(tiny_model, "no-such-model:layers=0", scifact_slice, tmp_path / "o"))
     with pytest.raises(ValueError, match="the teacher has 2 layers"):
         distill(
             _config(tiny_model, "teacher:layers=0,5", scifact_slice, tmp_path / "o"), progress=False
