@@ -176,8 +176,8 @@ def _validation_set(
 def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run a whole distillation; return its report (also written to ``out/``)."""
     spec = config.validate()
-    if spec.model is not None:
-        resolve_model(spec.model)  # a misspelt student fails now, not after labelling
+    # resolved first: a misspelt student fails now, not after labelling
+    student_folder = resolve_model(spec.model) if spec.model is not None else None
     t_start = time.perf_counter()
     teacher_folder = resolve_model(config.teacher)
     teacher = TorchEncoder(teacher_folder, name=config.teacher)
@@ -203,7 +203,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     teacher_vecs, label_stats = cache.encode(
         teacher, train + held, desc="teacher labels", progress=progress
     )
-    student = build_student(spec, teacher.model)
+    student = build_student(spec, teacher.model, student_folder)
     shipped_window = student.max_seq_length
     window = match_window(student, teacher.model, config.max_seq_length)
     sample = train[:_MAP_SAMPLE]
@@ -214,10 +214,10 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     before = heldout(student)
     val = _validation_set(config, val_queries, val_qrels, held, texts.all_queries(), teacher, cache)
     student_cache = None
-    if spec.model is not None and spec.layers is None and window == shipped_window:
+    if student_folder is not None and spec.layers is None and window == shipped_window:
         # the shipped model's cached vectors; stale for another window or fewer layers
-        folder = resolve_model(spec.model)
-        student_cache = EmbeddingCache(embeddings_dir(), model_hash(folder), int(s0.shape[1]))
+        shipped_hash = model_hash(student_folder)
+        student_cache = EmbeddingCache(embeddings_dir(), shipped_hash, int(s0.shape[1]))
     gate: dict[str, Any] = {
         "metric": "ndcg@10",
         "source": val.source,

@@ -37,12 +37,21 @@ def layer_subset(
     return student
 
 
-def build_student(spec: StudentSpec, teacher: SentenceTransformer) -> SentenceTransformer:
-    """The untrained student for `spec` (a deep copy; the teacher is not modified)."""
+def build_student(
+    spec: StudentSpec, teacher: SentenceTransformer, folder: Path | None = None
+) -> SentenceTransformer:
+    """The untrained student for `spec` (a deep copy; the teacher is not modified).
+
+    Args:
+        spec: The parsed ``--student``.
+        teacher: The teacher model, cut when ``spec.model`` is None.
+        folder: ``spec.model`` already resolved (`search.assets.resolve_model`), if the
+            caller has it.
+    """
     if spec.model is None:
         assert spec.layers is not None
         return layer_subset(teacher, spec.layers)
-    folder: Path = resolve_model(spec.model)
+    folder = folder or resolve_model(spec.model)
     student = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     if spec.layers is not None:
         student = layer_subset(student, spec.layers, spec.model)
