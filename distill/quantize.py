@@ -304,6 +304,7 @@ def per_token_int8(
     added = [numpy_helper.from_array(v, k) for k, v in consts.items()]
     skip = set(exclude)
     nodes, done = [], 0
+    quantized: dict[str, tuple[str, str]] = {}  # input → (its int8 tensor, its scales)
     for node in graph.node:
         if node.op_type != "MatMul" or node.name not in rounded or node.name in skip:
             nodes.append(node)
@@ -316,30 +317,28 @@ def per_token_int8(
             numpy_helper.from_array(np.zeros(q.shape[1], np.int8), f"{p}/W_zero_point"),
         ]
         x, y = node.input[0], node.output[0]
+        if x not in quantized:  # query, key and value projections share one input
+            quantized[x] = (f"{p}/xq", f"{p}/scale")
+            nodes += [
+                helper.make_node("ReduceMax", [x], [f"{p}/hi"], axes=[-1], keepdims=1),
+                helper.make_node("ReduceMin", [x], [f"{p}/lo"], axes=[-1], keepdims=1),
+                helper.make_node("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
+                helper.make_node("Max", [f"{p}/hi", f"{p}/neg_lo", "pt_eps"], [f"{p}/absmax"]),
+                helper.make_node("Mul", [f"{p}/absmax", "pt_inv127"], [f"{p}/scale"]),
+                helper.make_node("Div", [x, f"{p}/scale"], [f"{p}/scaled"]),
+                helper.make_node(
+                    "QuantizeLinear", [f"{p}/scaled", "pt_one", "pt_zero_point"], [f"{p}/xq"]
+                ),
+            ]
+        xq, x_scale = quantized[x]
         nodes += [
-            helper.make_node("ReduceMax", [x], [f"{p}/hi"], axes=[-1], keepdims=1),
-            helper.make_node("ReduceMin", [x], [f"{p}/lo"], axes=[-1], keepdims=1),
-            helper.make_node("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
-            helper.make_node("Max", [f"{p}/hi", f"{p}/neg_lo", "pt_eps"], [f"{p}/absmax"]),
-            helper.make_node("Mul", [f"{p}/absmax", "pt_inv127"], [f"{p}/scale"]),
-            helper.make_node("Div", [x, f"{p}/scale"], [f"{p}/scaled"]),
-            helper.make_node(
-                "QuantizeLinear", [f"{p}/scaled", "pt_one", "pt_zero_point"], [f"{p}/xq"]
-            ),
             helper.make_node(
                 "MatMulIntegerToFloat",
-                [
-                    f"{p}/xq",
-                    f"{p}/W",
-                    "pt_one",
-                    f"{p}/W_scale",
-                    "pt_zero_point",
-                    f"{p}/W_zero_point",
-                ],
+                [xq, f"{p}/W", "pt_one", f"{p}/W_scale", "pt_zero_point", f"{p}/W_zero_point"],
                 [f"{p}/y"],
                 domain="com.microsoft",
             ),
-            helper.make_node("Mul", [f"{p}/y", f"{p}/scale"], [y], name=node.name),
+            helper.make_node("Mul", [f"{p}/y", x_scale], [y], name=node.name),
         ]
         done += 1
     del graph.node[:]
