@@ -99,8 +99,9 @@ def distill(
     int8_min_cosine: Annotated[
         float,
         typer.Option(
-            help="Least int8-to-fp32 cosine; fewer MatMuls stay fp32 below 0.996 "
-            "(faster int8, up to ~1 % less nDCG@10; the retrieval gate still applies)."
+            help="Least int8-to-fp32 cosine; MatMuls with outlying inputs stay fp32 "
+            "until it is reached (lower: faster int8 where some must; the retrieval "
+            "gate still applies)."
         ),
     ] = 0.996,
     verbose: Verbose = False,

@@ -21,6 +21,7 @@ from distill.quantize import (
     gate_decision,
     gptq_round,
     quantize_int8,
+    real_rows,
     round_weights,
     weight_matmuls,
 )
@@ -111,6 +112,16 @@ def test_gptq_round_beats_round_to_nearest_on_correlated_inputs() -> None:
     x[:, 3] = 0
     q, _ = gptq_round(w, x.T @ x, bits=4)
     assert not q[3].any()
+
+
+def test_real_rows_drop_padding_of_token_tensors_only() -> None:
+    mask = np.array([[1, 1, 0], [1, 0, 0]], dtype=bool)
+    tokens = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(real_rows(tokens, mask), tokens[[0, 0, 1], [0, 1, 0]])
+    # A pooled [batch, features] tensor whose width equals the padded length (384 and a
+    # batch padded to 384 tokens once made its rows look like tokens): kept whole.
+    pooled = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(real_rows(pooled, mask), pooled)
 
 
 def test_int8_graph_is_per_token(exported: Path, tmp_path: Path) -> None:
