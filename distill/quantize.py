@@ -236,16 +236,7 @@ def activation_stats(
     return {node: stats[t] for node, t in nodes}
 
 
-def activation_ranges(
-    model_path: Path, encoder: OnnxEncoder, texts: Sequence[str]
-) -> dict[str, float]:
-    """How hard each weight MatMul's input is to quantize with one scale.
-
-    Returns:
-        {MatMul node name: (max − min) / RMS of its input}; see `activation_stats`.
-    """
-    stats = activation_stats(model_path, encoder, texts)
-    return {node: float(s.range_ratio) for node, s in stats.items()}
+Rounded = dict[str, tuple[np.ndarray, np.ndarray]]  # MatMul → (int8 weight, scales)
 
 
 def gptq_round(
@@ -288,9 +279,7 @@ def gptq_round(
     return q, scales.astype(np.float32)
 
 
-def per_token_int8(
-    proto: Any, rounded: dict[str, tuple[np.ndarray, np.ndarray]], exclude: Sequence[str] = ()
-) -> int:
+def per_token_int8(proto: Any, rounded: Rounded, exclude: Sequence[str] = ()) -> int:
     """Rewrite weight MatMuls of `proto` (in place) to per-token int8 activations.
 
     Each ``y = MatMul(x, W)`` named in `rounded` (and not in `exclude`) becomes::
@@ -377,9 +366,6 @@ class _NoPreprocessHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-Rounded = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
 def round_weights(model_path: Path, stats: dict[str, ActivationStats]) -> Rounded:
     """GPTQ-round the weight of every MatMul in `stats` (see `gptq_round`).
 
@@ -400,35 +386,41 @@ def round_weights(model_path: Path, stats: dict[str, ActivationStats]) -> Rounde
     return rounded
 
 
-def _quantize(src: Path, dst: Path, exclude: list[str], rounded: Rounded) -> None:
-    """Write the int8 graph: embedding tables by ``quantize_dynamic`` (weight-only),
-    then every MatMul in `rounded` but those in `exclude` as per-token int8."""
-    import onnx
+def quantize_tables(src: Path, dst: Path) -> None:
+    """Write `src` with its embedding tables (``Gather``) in int8, weight-only, by
+    ``quantize_dynamic``; the MatMuls are left to `write_int8`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    external = src.with_name(src.name + ".data").is_file()
-    staged = dst.with_name("gather-" + dst.name)
     hint = _NoPreprocessHint()
     logging.getLogger().addFilter(hint)
     try:
         quantize_dynamic(
             src,
-            staged,
+            dst,
             op_types_to_quantize=["Gather"],
             per_channel=True,
             weight_type=QuantType.QInt8,
-            use_external_data_format=external,
+            use_external_data_format=_external(src),
         )
     finally:
         logging.getLogger().removeFilter(hint)
-    proto = onnx.load(str(staged))
+
+
+def write_int8(tables: Path, dst: Path, exclude: Sequence[str], rounded: Rounded) -> None:
+    """Write the int8 graph: `tables` (from `quantize_tables`, left as it is) with every
+    MatMul in `rounded` but those in `exclude` as per-token int8."""
+    import onnx
+
+    proto = onnx.load(str(tables))
     per_token_int8(proto, rounded, exclude)
-    for path in dst.parent.glob(staged.name + "*"):
-        path.unlink()
-    if external:
+    if _external(tables):
         onnx.save_model(proto, str(dst), save_as_external_data=True, location=dst.name + ".data")
     else:
         onnx.save_model(proto, str(dst))
+
+
+def _external(model: Path) -> bool:
+    return model.with_name(model.name + ".data").is_file()
 
 
 @dataclass
@@ -531,11 +523,12 @@ def quantize_int8(
     held = slice(_PROBE_TEXTS, None) if len(checked) >= _PROBE_TEXTS + 16 else slice(None)
     tmp = folder / ONNX_DIR / f".int8-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    tables = tmp / "tables" / INT8_FILE  # the same for every trial: quantized once
 
     def try_keep(keep: int) -> _Trial:
         path = tmp / str(keep) / INT8_FILE
         path.parent.mkdir(parents=True)
-        _quantize(src, path, ranked[:keep], rounded)
+        write_int8(tables, path, ranked[:keep], rounded)
         int8 = OnnxEncoder(folder, name=folder.name, quantized=True, model_file=path)
         vecs, speed = timed_encode(lambda t: int8.encode(t, batch_size=batch_size), checked)
         cos = cosines(vecs[held], ref[held])
@@ -562,6 +555,8 @@ def quantize_int8(
         "min_cosine": gate.min_cosine,
     }
     try:
+        tables.parent.mkdir(parents=True)
+        quantize_tables(src, tables)
         trials = _search(try_keep, len(ranked), gate.min_cosine, max_trials)
         report["trials"] = [t.row() for t in trials]
         good = [t for t in trials if t.cosine_mean >= gate.min_cosine]

@@ -13,17 +13,17 @@ import pytest
 from distill.export import export_onnx
 from distill.quantize import (
     QualityGate,
-    _quantize,
     _search,
     _Trial,
-    activation_ranges,
     activation_stats,
     gate_decision,
     gptq_round,
     quantize_int8,
+    quantize_tables,
     real_rows,
     round_weights,
     weight_matmuls,
+    write_int8,
 )
 from search.embed_cache import cache_for, cache_key
 from search.encoder import Encoder, available_backends, load_encoder
@@ -89,7 +89,8 @@ def test_search_doubles_then_bisects() -> None:
 
 def test_activation_ranges_cover_weight_matmuls(exported: Path) -> None:
     src = exported / "onnx" / "model.onnx"
-    ranges = activation_ranges(src, OnnxEncoder(exported), TEXTS)
+    stats = activation_stats(src, OnnxEncoder(exported), TEXTS)
+    ranges = {node: s.range_ratio for node, s in stats.items()}
     nodes = [name for name, _ in weight_matmuls(src)]
     assert sorted(ranges) == sorted(nodes) and len(nodes) == 2 * 6  # 2 layers: q k v o up down
     assert all(np.isfinite(v) and v > 1 for v in ranges.values())
@@ -135,14 +136,19 @@ def test_int8_graph_is_per_token(exported: Path, tmp_path: Path) -> None:
     assert all(s.gram.shape[0] == s.gram.shape[1] for s in stats.values())
     rounded = round_weights(src, stats)
     assert sorted(rounded) == sorted(name for name, _ in weight_matmuls(src))
-    dst = tmp_path / "model_int8.onnx"
-    _quantize(src, dst, [], rounded)
+    tables, dst = tmp_path / "tables.onnx", tmp_path / "model_int8.onnx"
+    quantize_tables(src, tables)
+    write_int8(tables, dst, [], rounded)
     ops = [node.op_type for node in onnx.load(str(dst)).graph.node]
     assert ops.count("MatMulIntegerToFloat") == len(rounded)
     inputs = {x for _, x in weight_matmuls(src)}  # q, k and v share theirs
     assert ops.count("QuantizeLinear") == len(inputs) < len(rounded)
     assert "DynamicQuantizeLinear" not in ops  # no per-tensor activation scales
-    assert not list(tmp_path.glob("gather-*"))
+    # The staged tables serve every trial: writing one leaves them as they were.
+    write_int8(tables, dst, [weight_matmuls(src)[0][0]], rounded)
+    ops = [node.op_type for node in onnx.load(str(dst)).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == len(rounded) - 1
+    assert len(weight_matmuls(tables)) == len(rounded)
 
 
 def test_quantize_writes_int8_that_agrees(fresh: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -204,7 +210,9 @@ def test_requantized_int8_gets_its_own_embedding_cache(fresh: Path, tmp_path: Pa
     cache.encode(first, TEXTS, progress=False)
     src, dst = fresh / "onnx" / "model.onnx", fresh / "onnx" / "model_int8.onnx"
     rounded = round_weights(src, activation_stats(src, OnnxEncoder(fresh), TEXTS))
-    _quantize(src, dst, [weight_matmuls(src)[0][0]], rounded)  # one MatMul more in fp32
+    tables = tmp_path / "tables.onnx"
+    quantize_tables(src, tables)
+    write_int8(tables, dst, [weight_matmuls(src)[0][0]], rounded)  # one MatMul more in fp32
     second = OnnxEncoder(fresh, quantized=True)
     assert second.model_hash == first.model_hash
     assert cache_key(second) != cache_key(first)
