@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from search.assets import model_hash, resolve_model
+from search.batching import DEFAULT_BATCH_TOKENS, token_batches
 from search.onnx_encoder import FP32_FILE, INT8_FILE, ONNX_DIR, OnnxEncoder
 from search.types import AssetError
 
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8")
+_DEFAULT_WINDOW = 512  # tokens, for a model that does not say its max_seq_length
 
 
 class Encoder(Protocol):
@@ -51,12 +54,29 @@ def _offline() -> None:
 
 
 class TorchEncoder:
-    """A `SentenceTransformer` on the CPU (or `device`), normalising its output."""
+    """A `SentenceTransformer` on the CPU (or `device`), normalising its output.
+
+    Args:
+        folder: A sentence-transformers model folder.
+        name: Display name of the model.
+        device: Torch device.
+        batch_tokens: Most padded tokens in one batch (see `search.batching`); None:
+            batches are bounded by count only, as `SentenceTransformer.encode` does.
+    """
 
     backend = "torch"
+    batch_tokens: int | None = DEFAULT_BATCH_TOKENS
 
-    def __init__(self, folder: Path, *, name: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        name: str | None = None,
+        device: str = "cpu",
+        batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+    ) -> None:
         _offline()
+        self.batch_tokens = batch_tokens
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -82,16 +102,34 @@ class TorchEncoder:
     def encode(
         self, texts: Sequence[str], *, batch_size: int = 32, show_progress: bool = False
     ) -> np.ndarray:
+        """Embed texts in batches bounded by `batch_size` and `batch_tokens`.
+
+        Returns:
+            float32 array of shape (len(texts), dim), rows L2-normalised, in input order.
+        """
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=show_progress,
-        )
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        batches = token_batches(self._lengths(texts), batch_size, self.batch_tokens)
+        for rows in tqdm(batches, desc="encoding (torch)", disable=not show_progress):
+            out[rows] = self.model.encode(
+                [texts[i] for i in rows],
+                batch_size=len(rows),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return out
+
+    def _lengths(self, texts: list[str]) -> list[int]:
+        """Tokens of each text as the model reads it (truncated to its window)."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        if self.batch_tokens is None or not callable(tokenizer):
+            return [len(t) for t in texts]  # count-only batching ignores the lengths
+        window = self.model.max_seq_length or _DEFAULT_WINDOW
+        ids = tokenizer(texts, truncation=True, max_length=window)["input_ids"]
+        return [len(row) for row in ids]
 
 
 def available_backends(folder: Path) -> list[str]:

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from search.assets import files_hash, model_hash
+from search.batching import DEFAULT_BATCH_TOKENS, token_batches
 from search.types import AssetError
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ class OnnxEncoder:
             core. On 2 cores this encoded 1.4x the documents per second of one batch at
             a time on two threads (int8; fp32 1.1x): the int8 kernels and the
             non-matmul ops scale poorly across threads within one call.
+        batch_tokens: Most padded tokens in one batch (see `search.batching`); None:
+            batches are bounded by count only.
 
     Raises:
         AssetError: the graph is missing, stale (made from other weights), or does not
@@ -154,8 +157,10 @@ class OnnxEncoder:
         model_file: Path | None = None,
         threads: int | None = None,
         parallel: int | None = None,
+        batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
     ) -> None:
         self.folder = folder
+        self.batch_tokens = batch_tokens
         self.name = name or folder.name
         self.backend = "onnx-int8" if quantized else "onnx"
         path = model_file or folder / ONNX_DIR / (INT8_FILE if quantized else FP32_FILE)
@@ -268,7 +273,8 @@ class OnnxEncoder:
 
         Args:
             texts: Strings to embed (queries or ``title + " " + text`` documents).
-            batch_size: Texts per onnxruntime call.
+            batch_size: Most texts per onnxruntime call (long texts go in smaller
+                batches: see ``batch_tokens``).
             show_progress: Show a progress bar over batches.
 
         Returns:
@@ -279,9 +285,9 @@ class OnnxEncoder:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         encoded = self.tokenizer(list(texts))
-        order = np.argsort([-len(ids) for ids, _ in encoded], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = [order[s : s + batch_size] for s in range(0, len(texts), batch_size)]
+        lengths = [len(ids) for ids, _ in encoded]
+        batches = token_batches(lengths, batch_size, self.batch_tokens)
         bar = tqdm(total=len(batches), desc=f"encoding ({self.backend})", disable=not show_progress)
         with bar:
             if self.parallel > 1 and len(batches) > 1:
