@@ -6,7 +6,8 @@
 
 For each model: nDCG@10 and Recall@100 on the test split (corpus embeddings through
 the embedding cache), corpus docs/s and single-query ms measured now on the same
-passages and queries for every model, size on disk, and a paired test of per-query
+passages and queries for every model (batched as its encoder batches: at most 32
+texts and 512 padded tokens a call), size on disk, and a paired test of per-query
 nDCG@10 against the first model (the teacher): mean difference, 95 % bootstrap
 interval, permutation p-value. Writes table.md, results.json and pareto.png.
 

@@ -3,7 +3,8 @@
     python bench/encode.py [--student all-MiniLM-L6-v2|PATH] [--n 128] [--backend auto]
 
 Prints docs/s of each and the ratio student / teacher. Passages are a fixed random
-sample of the corpus (title + " " + text), encoded in length-sorted batches of 32.
+sample of the corpus (title + " " + text), encoded longest first in batches of at most
+32 texts and 512 padded tokens (`search.batching`).
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ class TorchEncoder:
         name: Display name of the model.
         device: Torch device.
         batch_tokens: Most padded tokens in one batch (see `search.batching`); None:
-            batches are bounded by count only, as `SentenceTransformer.encode` does.
+            batches are bounded by count only, as `SentenceTransformer.encode` does
+            (better on an accelerator, where large batches pay).
     """
 
     backend = "torch"
