@@ -112,7 +112,8 @@ def encode_sorted(
     Args:
         encoder: The model.
         texts: Texts to embed.
-        batch_size: Texts per forward pass.
+        batch_size: Most texts per forward pass (long texts go in fewer; see
+            `search.batching`).
         cache: An `EmbeddingCache` to read and fill, or None.
 
     Returns:
