@@ -112,7 +112,11 @@ class TorchEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         texts = list(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = token_batches(self._lengths(texts), batch_size, self.batch_tokens)
+        lengths = self._lengths(texts)
+        if lengths is None:  # no tokenizer to count with: bound batches by count only
+            batches = token_batches([len(t) for t in texts], batch_size, None)
+        else:
+            batches = token_batches(lengths, batch_size, self.batch_tokens)
         for rows in tqdm(batches, desc="encoding (torch)", disable=not show_progress):
             out[rows] = self.model.encode(
                 [texts[i] for i in rows],
@@ -123,11 +127,12 @@ class TorchEncoder:
             )
         return out
 
-    def _lengths(self, texts: list[str]) -> list[int]:
-        """Tokens of each text as the model reads it (truncated to its window)."""
+    def _lengths(self, texts: list[str]) -> list[int] | None:
+        """Tokens of each text as the model reads it (truncated to its window); None
+        when batches are bounded by count only or the model has no tokenizer."""
         tokenizer = getattr(self.model, "tokenizer", None)
         if self.batch_tokens is None or not callable(tokenizer):
-            return [len(t) for t in texts]  # count-only batching ignores the lengths
+            return None
         window = self.model.max_seq_length or _DEFAULT_WINDOW
         ids = tokenizer(texts, truncation=True, max_length=window)["input_ids"]
         return [len(row) for row in ids]

@@ -39,7 +39,9 @@ def test_bad_sizes_are_refused(kwargs: dict[str, int]) -> None:
 def test_torch_encoder_token_batches_match_one_big_batch(tiny_model: Path) -> None:
     texts = ["cell " * n for n in (1, 60, 3, 200, 8, 30)] + ["", "What causes cancer?"]
     encoder = TorchEncoder(tiny_model, batch_tokens=64)
-    assert [len(b) for b in token_batches(encoder._lengths(texts), 32, 64)][:2] == [1, 1]
+    lengths = encoder._lengths(texts)
+    assert lengths is not None and max(lengths) == 64  # truncated to the model's window
+    assert [len(b) for b in token_batches(lengths, 32, 64)][:2] == [1, 1]
     bounded = encoder.encode(texts, batch_size=32)
     encoder.batch_tokens = None
     whole = encoder.encode(texts, batch_size=32)
