@@ -15,6 +15,7 @@ import random
 import time
 from pathlib import Path
 
+from search.batching import DEFAULT_BATCH_TOKENS
 from search.corpus import iter_documents
 from search.encoder import load_encoder
 from search.types import document_text
@@ -47,7 +48,10 @@ def main() -> None:
     texts = sorted(random.Random(0).sample(docs, min(args.n, len(docs))), key=len, reverse=True)
     t_rate, t_backend = throughput(args.teacher, texts, "torch", args.batch_size)
     s_rate, s_backend = throughput(args.student, texts, args.backend, args.batch_size)
-    print(f"{len(texts)} SciFact passages, batch {args.batch_size}, {os.cpu_count()} CPUs")
+    print(
+        f"{len(texts)} SciFact passages, batches of at most {args.batch_size} texts and "
+        f"{DEFAULT_BATCH_TOKENS} tokens, {os.cpu_count()} CPUs"
+    )
     print(f"teacher {args.teacher} [{t_backend}]: {t_rate:8.2f} docs/s")
     print(f"student {args.student} [{s_backend}]: {s_rate:8.2f} docs/s")
     print(f"speed ratio student/teacher: {s_rate / t_rate:.1f}x")
