@@ -211,8 +211,8 @@ def activation_stats(
         session = ort.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
         low = dict.fromkeys(tensors, np.inf)
         high = dict.fromkeys(tensors, -np.inf)
-        squares, counts = dict.fromkeys(tensors, 0.0), dict.fromkeys(tensors, 0)
-        grams: dict[str, np.ndarray] = {}
+        counts = dict.fromkeys(tensors, 0)
+        grams: dict[str, np.ndarray] = {}  # XᵀX; its trace is the sum of squares
         sample = list(texts)[:_PROBE_TEXTS]
         for start in range(0, len(sample), _PROBE_BATCH):
             feeds = encoder.features(sample[start : start + _PROBE_BATCH])
@@ -221,7 +221,6 @@ def activation_stats(
                 values = real_rows(x, real)
                 low[name] = min(low[name], float(values.min()))
                 high[name] = max(high[name], float(values.max()))
-                squares[name] += float(np.square(values, dtype=np.float64).sum())
                 counts[name] += values.size
                 v64 = values.astype(np.float64)
                 grams[name] = grams.get(name, 0.0) + v64.T @ v64
@@ -229,7 +228,8 @@ def activation_stats(
         shutil.rmtree(probe_dir, ignore_errors=True)
     stats = {
         t: ActivationStats(
-            (high[t] - low[t]) / max(np.sqrt(squares[t] / max(counts[t], 1)), 1e-12), grams[t]
+            (high[t] - low[t]) / max(np.sqrt(np.trace(grams[t]) / max(counts[t], 1)), 1e-12),
+            grams[t],
         )
         for t in tensors
     }
