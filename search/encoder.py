@@ -66,7 +66,6 @@ class TorchEncoder:
     """
 
     backend = "torch"
-    batch_tokens: int | None = DEFAULT_BATCH_TOKENS
 
     def __init__(
         self,
@@ -97,6 +96,7 @@ class TorchEncoder:
         """Wrap an in-memory `SentenceTransformer` (e.g. one being trained)."""
         self = cls.__new__(cls)
         self.folder, self.name, self.model, self.model_hash = None, name, model, model_hash
+        self.batch_tokens = DEFAULT_BATCH_TOKENS
         self.dim = int(model.get_embedding_dimension())
         return self
 
