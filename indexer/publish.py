@@ -8,31 +8,24 @@ finds a complete folder: the old version or the new one.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import fcntl
-import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from search.assets import atomic_write_text
+from search.atomic import atomic_write_json, swap_in_folder
 from search.bm25_index import BM25_DIR
 from search.docstore import DocStore
 from search.index_folder import DOCSTORE_FILE, INDEX_FILE, IVFDATA_FILE, MANIFEST, checksums
 from search.types import DataError
 
 logger = logging.getLogger(__name__)
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 
 
 def versions() -> dict[str, str]:
@@ -112,7 +105,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         The manifest as written.
     """
     manifest = {**manifest, "files": checksums(folder)}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(folder / MANIFEST, manifest)
     return manifest
 
 
@@ -133,44 +126,6 @@ def publish(
     return written
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under `folder` to disk, and give them normal modes.
-
-    Temp files and folders are created private (0600/0700); a published index is
-    readable like any file the user writes (0644/0755 less the umask).
-    """
-    umask = os.umask(0o022)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in sorted(folder.rglob("*"), reverse=True):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2``); False where unsupported."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(a))
-
-
 def check_replaceable(out: Path) -> None:
     """Refuse to replace a path that is not an index folder.
 
@@ -189,22 +144,6 @@ def check_replaceable(out: Path) -> None:
 def swap_in(tmp: Path, out: Path) -> None:
     """Publish `tmp` as `out` (call under `writer_lock`); `tmp` is consumed.
 
-    Readers that resolve `out` see the old folder or the new one, never half of one
-    (with a brief window where `out` is missing on systems without
-    ``RENAME_EXCHANGE``). Readers holding files of the old folder open keep them.
+    See `search.atomic.swap_in_folder`: readers see the old folder or the new one.
     """
-    _fsync_tree(tmp)
-    if not out.exists():
-        os.replace(tmp, out)
-    elif _exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)  # now the old version
-    else:
-        old = out.with_name(f".{out.name}.tmp-old-{os.getpid()}-{time.time_ns()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    swap_in_folder(tmp, out)

@@ -20,6 +20,9 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
+# atomic_write_text lives in search.atomic; importing it from here keeps working.
+from search.atomic import atomic_write_text as atomic_write_text
+from search.atomic import staged_folder
 from search.types import AssetError
 
 logger = logging.getLogger(__name__)
@@ -92,20 +95,17 @@ def is_model_folder(path: Path) -> bool:
 
 
 def _atomic_extract(zip_path: Path, dest: Path) -> None:
-    """Extract a zip of a model folder into `dest`, atomically (temp dir + rename)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
-    try:
+    """Extract a zip of a model folder into `dest`, atomically (staged folder + swap)."""
+    with staged_folder(dest) as tmp:
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(tmp)
-        roots = [p for p in tmp.iterdir()]
+        roots = list(tmp.iterdir())
         # The zip holds the model folder itself (or its files at top level).
-        src = roots[0] if len(roots) == 1 and roots[0].is_dir() else tmp
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(src, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if len(roots) == 1 and roots[0].is_dir():
+            inner = roots[0].rename(tmp / ".zip-root")  # a child may share the root's name
+            for child in list(inner.iterdir()):
+                os.replace(child, tmp / child.name)
+            inner.rmdir()
 
 
 def _teacher_folder() -> Path:
@@ -140,7 +140,7 @@ def _teacher_folder() -> Path:
     finally:
         Path(tmp_zip).unlink(missing_ok=True)
     verify_sha256(dest / "model.safetensors", TEACHER_SHA256, TEACHER_NAME, _INSTALL_HINT)
-    marker.write_text(TEACHER_SHA256 + "\n")
+    atomic_write_text(marker, TEACHER_SHA256 + "\n")
     return dest
 
 
@@ -265,18 +265,3 @@ def files_hash(paths: list[Path], root: Path) -> str:
     if changed:
         atomic_write_text(memo_path, json.dumps(memo))
     return digest.hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (temp file in the same folder + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
