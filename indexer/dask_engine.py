@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,9 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from indexer.build import Partition, fill_from_shards
+from indexer.executor import Partition, fill_from_shards
 from indexer.shards import WorkDir, encode_sorted, read_shard, write_shard
+from search.atomic import atomic_path
 from search.encoder import Encoder, load_encoder
 
 logger = logging.getLogger(__name__)
@@ -73,9 +73,8 @@ def fill_part(trained: np.ndarray, shard_dir: str, numbers: list[int], part_path
     for number in numbers:
         vecs, ids = read_shard(Path(shard_dir), number)
         index.add_with_ids(np.ascontiguousarray(vecs), ids)
-    tmp = f"{part_path}.{uuid.uuid4().hex}.tmp"
-    faiss.write_index(index, tmp)
-    os.replace(tmp, part_path)
+    with atomic_path(Path(part_path)) as tmp:
+        faiss.write_index(index, str(tmp))
     return part_path
 
 

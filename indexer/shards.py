@@ -19,17 +19,15 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from search.assets import atomic_write_text
+from search.atomic import atomic_path, atomic_write_text
 from search.encoder import Encoder
 from search.types import DataError
 
@@ -41,17 +39,9 @@ _SHARD_RE = re.compile(r"shard-(\d{6,})\.npy")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    """Write one ``.npy`` atomically (temp file in the same folder, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write one ``.npy`` atomically (`search.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
 
 
 def shard_paths(shard_dir: Path, number: int) -> tuple[Path, Path]:

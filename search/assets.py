@@ -177,8 +177,7 @@ def _minilm_folder() -> Path:
             stamp = f"{weights}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}"
             if not (marker.is_file() and marker.read_text() == stamp):
                 verify_sha256(weights, MINILM_SHA256, MINILM_NAME, f"{hint} --force-reinstall")
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text(stamp)
+                atomic_write_text(marker, stamp)
             return folder
     raise AssetError(f"{MINILM_NAME} not found in site-packages; install it with: {hint}")
 

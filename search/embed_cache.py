@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from search.atomic import atomic_path
 from search.encoder import Encoder
 
 logger = logging.getLogger(__name__)
@@ -126,14 +125,8 @@ class EmbeddingCache:
 
     def _write_shard(self, keys: np.ndarray, vecs: np.ndarray, seconds: float) -> None:
         name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, keys=keys, vecs=vecs, seconds=np.float64(seconds))
-            os.replace(tmp, self.folder / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.folder / name) as tmp:
+            np.savez(tmp, keys=keys, vecs=vecs, seconds=np.float64(seconds))
 
     def _compact(self, shards: list[Path]) -> Path:
         keys, vecs, secs = [], [], 0.0
