@@ -12,8 +12,8 @@ The job runs in three steps, each restartable:
    of the vectors, search parameters are tuned to a target recall, and the folder
    is written with its manifest and swapped in atomically (`indexer.publish`).
 
-Encoding and filling run in-process (`LocalEngine`) or on a Dask cluster
-(`indexer.dask_engine.DaskEngine`); both read and write the same shards.
+Encoding and filling run in this process (`indexer.executor.LocalExecutor`) or on a
+Dask cluster (`indexer.dask_engine.DaskEngine`); both read and write the same shards.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from indexer.executor import Executor, LocalExecutor, Partition, fill_from_shards
 from indexer.factory import (
     AUTO,
     choose_factory,
@@ -51,7 +51,7 @@ from indexer.publish import (
     writer_lock,
 )
 from indexer.quality import exact_neighbours, lower_bound, measure, probe_queries, tune
-from indexer.shards import WorkDir, encode_sorted, read_shard, shard_holds, write_shard
+from indexer.shards import WorkDir, read_shard, shard_holds
 from search.corpus import ON_ERROR, ReadReport, Record, bad_record
 from search.docstore import DocStore
 from search.embed_cache import EmbeddingCache
@@ -73,79 +73,7 @@ Doc = tuple[str, str, str]  # (id, title, text)
 RECALL_K = 10
 _LOOKUP_BLOCK = 1000  # records whose ids are checked against the store together
 
-__all__ = ["LocalEngine", "Partition", "assemble", "build_index", "make_index", "measure_quality"]
-
-
-@dataclass(frozen=True)
-class Partition:
-    """Documents to encode into one shard.
-
-    Attributes:
-        number: Shard number.
-        rows: int64 (m,) doc store rows, consecutive.
-        texts: The texts to embed (``title text``), one per row.
-    """
-
-    number: int
-    rows: np.ndarray
-    texts: list[str]
-
-
-class Engine(Protocol):
-    """Where shards are encoded and the index is filled."""
-
-    name: str
-
-    def encode(
-        self, parts: Iterable[Partition], shard_dir: Path, done: Callable[[int], None]
-    ) -> None:
-        """Encode every partition into its shard; call `done(m)` as each finishes."""
-        ...
-
-    def fill(self, index: faiss.Index, work: WorkDir, progress: bool) -> faiss.Index:
-        """Add every shard's vectors to the trained, empty `index`; return the filled one."""
-        ...
-
-
-class LocalEngine:
-    """Encode and fill in this process.
-
-    Args:
-        encoder: The document encoder.
-        batch_size: Texts per forward pass.
-        cache: An embedding cache to read and fill (vectors shared with `eval`).
-    """
-
-    name = "local"
-
-    def __init__(
-        self, encoder: Encoder, *, batch_size: int = 32, cache: EmbeddingCache | None = None
-    ) -> None:
-        self.encoder = encoder
-        self.batch_size = batch_size
-        self.cache = cache
-
-    def encode(
-        self, parts: Iterable[Partition], shard_dir: Path, done: Callable[[int], None]
-    ) -> None:
-        for part in parts:
-            vecs = encode_sorted(
-                self.encoder, part.texts, batch_size=self.batch_size, cache=self.cache
-            )
-            write_shard(shard_dir, part.number, part.rows, vecs)
-            done(len(part.rows))
-
-    def fill(self, index: faiss.Index, work: WorkDir, progress: bool) -> faiss.Index:
-        return fill_from_shards(index, work, progress)
-
-
-def fill_from_shards(index: faiss.Index, work: WorkDir, progress: bool) -> faiss.Index:
-    """Add every shard's vectors to `index`, in shard order, in this process."""
-    numbers = work.shards()
-    for number in tqdm(numbers, desc="adding to index", unit="shard", disable=not progress):
-        vecs, ids = read_shard(work.shard_dir, number)
-        index.add_with_ids(np.ascontiguousarray(vecs), ids)
-    return index
+__all__ = ["assemble", "build_index", "make_index", "measure_quality"]
 
 
 def _validate(factory: str, dim: int, shard_size: int, on_error: str, target_recall: float) -> None:
@@ -240,7 +168,7 @@ def assemble(
     count: int,
     dim: int,
     factory: str,
-    engine: Engine | None = None,
+    engine: Executor | None = None,
     *,
     seed: int = 0,
     progress: bool = False,
@@ -335,7 +263,7 @@ def build_index(
     report: ReadReport | None = None,
     resume_key: str | None = None,
     work_dir: Path | None = None,
-    engine: Engine | None = None,
+    engine: Executor | None = None,
     target_recall: float = 0.95,
     search_params: dict[str, float] | None = None,
     recall_queries: int = 300,
@@ -367,7 +295,8 @@ def build_index(
             reused, else the job starts over.
         work_dir: Checkpoint folder (default ``.<out>.work`` beside `out`); on a
             cluster it must be shared with the workers.
-        engine: Where to encode and fill (default `LocalEngine`).
+        engine: The `Executor` that encodes and fills (default
+            `indexer.executor.LocalExecutor`).
         target_recall: recall@10 the tuned search parameters must reach on the sample
             (its 95% lower confidence bound, see `indexer.quality.tune`).
         search_params: Search parameters to store instead of tuning them.
@@ -389,7 +318,7 @@ def build_index(
     out = out.resolve()
     check_replaceable(out)
     t0 = time.perf_counter()
-    engine = engine or LocalEngine(encoder, batch_size=batch_size, cache=cache)
+    engine = engine or LocalExecutor(encoder, batch_size=batch_size, cache=cache)
     job = {
         "format": 1,
         "input": resume_key,
