@@ -1,16 +1,17 @@
 """Build an index folder from a stream of documents (see `search.index_folder`).
 
-The job runs in three steps, each restartable:
+`build_index` runs four stages, each a function of its own:
 
-1. **encode**: documents are read as a stream, checked (bad records and duplicate
-   ids counted or refused), given rows, written to the doc store and encoded in
-   shards of `shard_size` documents, each checkpointed (`indexer.shards`); a killed
-   job skips shards already on disk when started again;
-2. **assemble**: the index type is chosen (``auto``: by corpus size and memory
-   budget, `indexer.factory`), trained on a sample, filled from the shards;
-3. **measure and publish**: recall@10 against exact search is measured on a sample
-   of the vectors, search parameters are tuned to a target recall, and the folder
-   is written with its manifest and swapped in atomically (`indexer.publish`).
+1. **encode** (`encode_corpus`): documents are read as a stream, checked (bad records
+   and duplicate ids counted or refused), given rows, written to the doc store and
+   encoded in shards of `BuildOptions.shard_size` documents, each checkpointed
+   (`indexer.shards`); a killed job skips shards already on disk when started again;
+2. **assemble** (`assemble_index`): the index type is chosen (``auto``: by corpus size
+   and memory budget, `indexer.factory`), trained on a sample, filled from the shards;
+3. **measure** (`measure_quality`): recall@10 against exact search is measured on a
+   sample of the vectors, and search parameters are tuned to a target recall;
+4. **publish** (`publish_index`): the index is written with its manifest and the
+   folder is swapped in atomically (`indexer.publish`).
 
 Encoding and filling run in this process (`indexer.executor.LocalExecutor`) or on a
 Dask cluster (`indexer.dask_engine.DaskEngine`); both read and write the same shards.
@@ -23,6 +24,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from indexer.factory import (
     to_ondisk,
     train_size,
 )
+from indexer.options import BuildOptions
 from indexer.publish import (
     check_replaceable,
     index_mb,
@@ -73,23 +76,190 @@ Doc = tuple[str, str, str]  # (id, title, text)
 RECALL_K = 10
 _LOOKUP_BLOCK = 1000  # records whose ids are checked against the store together
 
-__all__ = ["assemble", "build_index", "make_index", "measure_quality"]
+__all__ = [
+    "BuildOptions",
+    "assemble",
+    "assemble_index",
+    "build_index",
+    "encode_corpus",
+    "make_index",
+    "measure_quality",
+    "publish_index",
+]
 
 
-def _validate(factory: str, dim: int, shard_size: int, on_error: str, target_recall: float) -> None:
-    if factory != AUTO:
-        make_index(factory, dim)  # raises on nonsense before hours of encoding
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-    if not 0 < target_recall <= 1:
-        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+def build_index(
+    encoder: Encoder,
+    docs: Iterable[Doc] | Iterable[Record],
+    out: Path,
+    options: BuildOptions | None = None,
+    *,
+    cache: EmbeddingCache | None = None,
+    report: ReadReport | None = None,
+    engine: Executor | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Encode `docs` with `encoder` and write an index folder at `out`, atomically.
+
+    Args:
+        encoder: The document encoder (its model hash goes into the manifest).
+        docs: ``(id, title, text)`` tuples or `Record`\\ s (whose line numbers are
+            then used in reports); ids must be unique.
+        out: The index folder to create or replace.
+        options: How to build (default `BuildOptions()`).
+        cache: Embedding cache to read and fill (re-indexing the same corpus is free).
+        report: The reader's report; duplicates are added, and it goes in the manifest.
+        engine: The `Executor` that encodes and fills (default
+            `indexer.executor.LocalExecutor`).
+        **settings: `BuildOptions` fields that replace those of `options`, e.g.
+            ``factory="HNSW32", progress=False``.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        DataError: no documents, a duplicate id in ``fail`` mode, or `out` is not an
+            index folder.
+        ValueError: bad options (unknown factory, a factory too large for the corpus).
+        TypeError: a name in `settings` is not a `BuildOptions` field.
+    """
+    opts = replace(options or BuildOptions(), **settings)
+    _validate(opts, encoder.dim)
+    out = out.resolve()
+    check_replaceable(out)
+    t0 = time.perf_counter()
+    executor = engine or LocalExecutor(encoder, batch_size=opts.batch_size, cache=cache)
+    work = _open_work_dir(encoder, out, opts)
+    try:
+        encoded = encode_corpus(encoder, docs, work, executor, opts, report)
+        built = assemble_index(work, encoded.count, encoder.dim, executor, opts)
+        params, quality = measure_quality(
+            built.index,
+            work,
+            encoded.count,
+            target=opts.target_recall,
+            params=opts.search_params,
+            queries=opts.recall_queries,
+            seed=opts.seed,
+        )
+        save_index(built, work, ondisk=opts.ondisk)
+        manifest = _manifest(
+            encoder,
+            opts,
+            built,
+            work,
+            executor=executor.name,
+            encoded=encoded,
+            search=(params, quality),
+            report=report,
+            seconds=time.perf_counter() - t0,
+        )
+        del built  # BM25 indexing and the swap do not need the index in memory
+        manifest = publish_index(work, out, manifest, bm25=opts.bm25)
+        work.close(remove=True)
+        logger.info(summary(manifest))
+        return manifest
+    finally:
+        work.close()
+
+
+def _validate(options: BuildOptions, dim: int) -> None:
+    if options.factory != AUTO:
+        make_index(options.factory, dim)  # raises on nonsense before hours of encoding
+    if options.shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {options.shard_size}")
+    if options.on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {options.on_error!r}")
+    if not 0 < options.target_recall <= 1:
+        raise ValueError(f"target_recall must be in (0, 1], got {options.target_recall}")
 
 
 def default_work_dir(out: Path) -> Path:
     """Where a build of `out` keeps its checkpoints: ``.<name>.work`` beside it."""
     return out.parent / f".{out.name}.work"
+
+
+def _open_work_dir(encoder: Encoder, out: Path, options: BuildOptions) -> WorkDir:
+    """The job's work folder; its checkpoints are reused only by the same job."""
+    job = {
+        "format": 1,
+        "input": options.resume_key,
+        "model_hash": encoder.model_hash,
+        "backend": encoder.backend,
+        "dim": encoder.dim,
+        "shard_size": options.shard_size,
+        "on_error": options.on_error,
+    }
+    path = options.work_dir or default_work_dir(out)
+    return WorkDir(path, job, resume=options.resume_key is not None)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What the encode stage left in the work folder.
+
+    Attributes:
+        count: Documents in the doc store, each in exactly one shard.
+        resumed: Documents whose shards an interrupted run had already written.
+        seconds: Wall-clock time of the stage.
+    """
+
+    count: int
+    resumed: int
+    seconds: float
+
+
+class _Skipped:
+    """Counts documents whose shards are already on disk, moving the bar past them."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+        self.count = 0
+
+    def __call__(self, n: int) -> None:
+        self.count += n
+        self.bar.update(n)
+
+
+def encode_corpus(
+    encoder: Encoder,
+    docs: Iterable[Doc] | Iterable[Record],
+    work: WorkDir,
+    executor: Executor,
+    options: BuildOptions,
+    report: ReadReport | None,
+) -> Encoded:
+    """Stage 1: fill the doc store and have `executor` encode every missing shard.
+
+    Raises:
+        DataError: no documents, a duplicate id in ``fail`` mode, or checkpoints that
+            do not cover the documents.
+    """
+    t0 = time.perf_counter()
+    store = DocStore(work.store_path, readonly=False)
+    bar = tqdm(
+        total=options.total,
+        desc=f"encoding ({encoder.name})",
+        unit="doc",
+        disable=not options.progress,
+    )
+    skipped = _Skipped(bar)
+    try:
+        parts = _plan(docs, store, work, on_error=options.on_error, report=report, skipped=skipped)
+        executor.encode(parts, work.shard_dir, bar.update)
+        count = len(store)
+    finally:
+        bar.close()
+        store.close()
+    seconds = time.perf_counter() - t0
+    if count == 0:
+        raise DataError("the corpus holds no documents; nothing to index")
+    if sum(len(read_shard(work.shard_dir, n)[1]) for n in work.shards()) != count:
+        raise DataError(
+            f"{work.path}: the checkpoints do not cover the {count} documents; delete "
+            "that folder and index again"
+        )
+    return Encoded(count, skipped.count, seconds)
 
 
 def _records(docs: Iterable[Doc] | Iterable[Record]) -> Iterator[Record]:
@@ -156,6 +326,37 @@ def _partition(
         skipped(len(rows))
         return
     yield Partition(number, rows, [t for _, t in pending])
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """The filled index of the assemble stage.
+
+    Attributes:
+        index: The trained, filled index (inner product on unit vectors).
+        factory: Its factory string (what ``auto`` chose, if asked).
+        seconds: Wall-clock time of training and filling.
+    """
+
+    index: faiss.Index
+    factory: str
+    seconds: float
+
+
+def assemble_index(
+    work: WorkDir, count: int, dim: int, executor: Executor, options: BuildOptions
+) -> Assembled:
+    """Stage 2: choose the factory (for ``auto``), then train and fill the index."""
+    factory = options.factory
+    if factory == AUTO:
+        factory = choose_factory(count, dim, options.max_memory or default_memory_budget())
+    for stale in (INDEX_FILE, IVFDATA_FILE):  # left by a job killed after encoding
+        (work.path / stale).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    index = assemble(
+        work, count, dim, factory, executor, seed=options.seed, progress=options.progress
+    )
+    return Assembled(index, factory, time.perf_counter() - t0)
 
 
 def _sample_rows(count: int, size: int, seed: int) -> np.ndarray:
@@ -246,191 +447,96 @@ def measure_quality(
     return chosen, info
 
 
-def build_index(
+def save_index(built: Assembled, work: WorkDir, *, ondisk: bool) -> None:
+    """Write the index into the work folder; with `ondisk`, an IVF index's lists go to
+    ``index.ivfdata`` beside it."""
+    if ondisk and is_ivf(built.index):
+        to_ondisk(built.index, work.path / IVFDATA_FILE)
+    elif ondisk:
+        logger.info("%s is not IVF: its vectors are not written on disk separately", built.factory)
+    faiss.write_index(built.index, str(work.path / INDEX_FILE))
+
+
+def _manifest(
     encoder: Encoder,
-    docs: Iterable[Doc] | Iterable[Record],
-    out: Path,
+    options: BuildOptions,
+    built: Assembled,
+    work: WorkDir,
     *,
-    factory: str = AUTO,
-    batch_size: int = 32,
-    shard_size: int = 1024,
-    cache: EmbeddingCache | None = None,
-    model_path: str | None = None,
-    total: int | None = None,
-    progress: bool = True,
-    max_memory: int | None = None,
-    on_error: str = "fail",
-    report: ReadReport | None = None,
-    resume_key: str | None = None,
-    work_dir: Path | None = None,
-    engine: Executor | None = None,
-    target_recall: float = 0.95,
-    search_params: dict[str, float] | None = None,
-    recall_queries: int = 300,
-    ondisk: bool = False,
-    bm25: bool = True,
-    seed: int = 0,
+    executor: str,
+    encoded: Encoded,
+    search: tuple[dict[str, float], dict[str, Any]],
+    report: ReadReport | None,
+    seconds: float,
 ) -> dict[str, Any]:
-    """Encode `docs` with `encoder` and write an index folder at `out`, atomically.
+    """The index manifest (`search.index_folder`) but for the files' checksums.
 
     Args:
-        encoder: The document encoder (its model hash goes into the manifest).
-        docs: ``(id, title, text)`` tuples or `Record`\\ s (whose line numbers are
-            then used in reports); ids must be unique.
-        out: The index folder to create or replace.
-        factory: FAISS factory string, or ``auto`` (see `indexer.factory.choose_factory`).
-        batch_size: Texts per forward pass.
-        shard_size: Documents per checkpointed shard.
-        cache: Embedding cache to read and fill (re-indexing the same corpus is free).
-        model_path: Where the model lives, recorded so `Retriever.open` can find it
-            (default: the encoder's folder).
-        total: Number of documents, when known, for the progress bar's ETA.
-        progress: Show progress bars.
-        max_memory: RAM budget in bytes for the index (``auto``); default half the RAM.
-        on_error: ``fail`` on the first duplicate id, or ``skip`` duplicates and count them
-            in `report` (bad records are handled by the reader, see `search.corpus`).
-        report: The reader's report; duplicates are added, and it goes in the manifest.
-        resume_key: Identity of the input (e.g. `search.corpus.fingerprint`); when
-            given, checkpoints of an interrupted job with the same key and settings are
-            reused, else the job starts over.
-        work_dir: Checkpoint folder (default ``.<out>.work`` beside `out`); on a
-            cluster it must be shared with the workers.
-        engine: The `Executor` that encodes and fills (default
-            `indexer.executor.LocalExecutor`).
-        target_recall: recall@10 the tuned search parameters must reach on the sample
-            (its 95% lower confidence bound, see `indexer.quality.tune`).
-        search_params: Search parameters to store instead of tuning them.
-        recall_queries: Sampled vectors the recall is measured on.
-        ondisk: Keep an IVF index's inverted lists in ``index.ivfdata``, memory-mapped
-            when the folder is loaded (serving needs little RAM); ignored for other types.
-        bm25: Also write the lexical index (`indexer.publish.write_extras`).
-        seed: Seed of the training and recall samples.
+        search: The search parameters and the recall measured with them
+            (`measure_quality`).
+        seconds: Wall-clock time of the build so far.
+    """
+    params, quality = search
+    fresh = encoded.count - encoded.resumed
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "name": encoder.name,
+            "path": options.model_path or _folder_of(encoder),
+            "hash": encoder.model_hash,
+            "backend": encoder.backend,
+        },
+        "dim": encoder.dim,
+        "metric": "inner_product",
+        "normalized": True,
+        "factory": built.factory,
+        "factory_requested": options.factory,
+        "index_class": index_class(built.index),
+        "count": encoded.count,
+        "ntotal": int(built.index.ntotal),
+        "tombstones": 0,
+        "ondisk": (work.path / IVFDATA_FILE).exists(),
+        "search_params": params,
+        "recall_at_10": quality["recall_at_10"],
+        "recall": quality,
+        "index_mb": index_mb(work.path),
+        "build_seconds": round(seconds, 3),
+        "docs_per_s": round(fresh / encoded.seconds, 2) if fresh else None,
+        "build": {
+            "engine": executor,
+            "encoded_docs": fresh,
+            "resumed_docs": encoded.resumed,
+            "encode_seconds": round(encoded.seconds, 3),
+            "assemble_seconds": round(built.seconds, 3),
+            "shard_size": options.shard_size,
+        },
+        "input": (report or ReadReport(read=encoded.count)).as_dict(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions(),
+    }
+
+
+def publish_index(
+    work: WorkDir, out: Path, manifest: dict[str, Any], *, bm25: bool
+) -> dict[str, Any]:
+    """Stage 4: move the saved index and the doc store into a temp folder beside `out`,
+    write the extras and the manifest there, and swap it in as `out`.
 
     Returns:
-        The manifest written.
-
-    Raises:
-        DataError: no documents, a duplicate id in ``fail`` mode, or `out` is not an
-            index folder.
-        ValueError: bad options (unknown factory, a factory too large for the corpus).
+        The manifest as written (with the files' checksums).
     """
-    _validate(factory, encoder.dim, shard_size, on_error, target_recall)
-    out = out.resolve()
-    check_replaceable(out)
-    t0 = time.perf_counter()
-    engine = engine or LocalExecutor(encoder, batch_size=batch_size, cache=cache)
-    job = {
-        "format": 1,
-        "input": resume_key,
-        "model_hash": encoder.model_hash,
-        "backend": encoder.backend,
-        "dim": encoder.dim,
-        "shard_size": shard_size,
-        "on_error": on_error,
-    }
-    work = WorkDir(work_dir or default_work_dir(out), job, resume=resume_key is not None)
-    try:
-        store = DocStore(work.store_path, readonly=False)
-        bar = tqdm(total=total, desc=f"encoding ({encoder.name})", unit="doc", disable=not progress)
-        resumed = [0]
-
-        def skipped(n: int) -> None:
-            resumed[0] += n
-            bar.update(n)
-
+    with writer_lock(out):
+        check_replaceable(out)
+        tmp = temp_folder(out)
         try:
-            parts = _plan(docs, store, work, on_error=on_error, report=report, skipped=skipped)
-            engine.encode(parts, work.shard_dir, bar.update)
-            count = len(store)
-        finally:
-            bar.close()
-            store.close()
-        encode_seconds = time.perf_counter() - t0
-        if count == 0:
-            raise DataError("the corpus holds no documents; nothing to index")
-        if sum(len(read_shard(work.shard_dir, n)[1]) for n in work.shards()) != count:
-            raise DataError(
-                f"{work.path}: the checkpoints do not cover the {count} documents; delete "
-                "that folder and index again"
-            )
-        chosen = factory
-        if factory == AUTO:
-            chosen = choose_factory(count, encoder.dim, max_memory or default_memory_budget())
-        for stale in (INDEX_FILE, IVFDATA_FILE):  # left by a job killed after encoding
-            (work.path / stale).unlink(missing_ok=True)
-        t1 = time.perf_counter()
-        index = assemble(work, count, encoder.dim, chosen, engine, seed=seed, progress=progress)
-        assemble_seconds = time.perf_counter() - t1
-        params, quality = measure_quality(
-            index,
-            work,
-            count,
-            target=target_recall,
-            params=search_params,
-            queries=recall_queries,
-            seed=seed,
-        )
-        if ondisk and is_ivf(index):
-            to_ondisk(index, work.path / IVFDATA_FILE)
-        elif ondisk:
-            logger.info("%s is not IVF: its vectors are not written on disk separately", chosen)
-        faiss.write_index(index, str(work.path / INDEX_FILE))
-        seconds = time.perf_counter() - t0
-        encoded = count - resumed[0]
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "model": {
-                "name": encoder.name,
-                "path": model_path or _folder_of(encoder),
-                "hash": encoder.model_hash,
-                "backend": encoder.backend,
-            },
-            "dim": encoder.dim,
-            "metric": "inner_product",
-            "normalized": True,
-            "factory": chosen,
-            "factory_requested": factory,
-            "index_class": index_class(index),
-            "count": count,
-            "ntotal": int(index.ntotal),
-            "tombstones": 0,
-            "ondisk": (work.path / IVFDATA_FILE).exists(),
-            "search_params": params,
-            "recall_at_10": quality["recall_at_10"],
-            "recall": quality,
-            "index_mb": index_mb(work.path),
-            "build_seconds": round(seconds, 3),
-            "docs_per_s": round(encoded / encode_seconds, 2) if encoded else None,
-            "build": {
-                "engine": engine.name,
-                "encoded_docs": encoded,
-                "resumed_docs": resumed[0],
-                "encode_seconds": round(encode_seconds, 3),
-                "assemble_seconds": round(assemble_seconds, 3),
-                "shard_size": shard_size,
-            },
-            "input": (report or ReadReport(read=count)).as_dict(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "versions": versions(),
-        }
-        del index
-        with writer_lock(out):
-            check_replaceable(out)
-            tmp = temp_folder(out)
-            try:
-                os.replace(work.path / INDEX_FILE, tmp / INDEX_FILE)
-                if (work.path / IVFDATA_FILE).exists():
-                    os.replace(work.path / IVFDATA_FILE, tmp / IVFDATA_FILE)
-                os.replace(work.store_path, tmp / DOCSTORE_FILE)
-                manifest = publish(tmp, out, manifest, bm25=bm25)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        work.close(remove=True)
-        logger.info(summary(manifest))
-        return manifest
-    finally:
-        work.close()
+            os.replace(work.path / INDEX_FILE, tmp / INDEX_FILE)
+            if (work.path / IVFDATA_FILE).exists():
+                os.replace(work.path / IVFDATA_FILE, tmp / IVFDATA_FILE)
+            os.replace(work.store_path, tmp / DOCSTORE_FILE)
+            return publish(tmp, out, manifest, bm25=bm25)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _folder_of(encoder: Encoder) -> str | None:

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from indexer.build import build_index
+from indexer.factory import AUTO
+from indexer.options import BuildOptions
 from indexer.publish import write_manifest
 from indexer.shards import complete_shards
-from search.corpus import ReadReport, iter_records
+from search.corpus import ON_ERROR, ReadReport, iter_records
 from search.encoder import Encoder, load_encoder
 from search.index_folder import folder_files, load_index_folder, read_manifest, verify_folder
 from search.retriever import Retriever
@@ -224,3 +226,15 @@ def test_on_disk_ivf_lists_are_mapped_from_beside_the_index_wherever_it_moves(
     again = Retriever.open(tmp_path / "b", mmap=True)
     assert again.folder.count == 201 and again.search("a brand new document", 1)[0].id == "new"
     assert [h.id for h in r.search(f"{docs[7][1]} {docs[7][2]}", 1)] == ["doc7"]  # old reader
+
+
+def test_options_object_with_keyword_overrides(tiny_model: Path, tmp_path: Path) -> None:
+    assert BuildOptions().factory == AUTO and BuildOptions().on_error in ON_ERROR
+    enc = load_encoder(tiny_model)
+    options = BuildOptions(factory="Flat", shard_size=7, progress=False)
+    m = build_index(enc, synthetic_docs(20), tmp_path / "idx", options, shard_size=9)
+    assert m["factory"] == "Flat" and m["build"]["shard_size"] == 9
+    assert options.shard_size == 7  # the caller's options are not changed
+    with pytest.raises(TypeError, match="shard_sise"):
+        build_index(enc, synthetic_docs(20), tmp_path / "other", options, shard_sise=9)
+    assert not (tmp_path / "other").exists()
