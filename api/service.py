@@ -98,7 +98,7 @@ class Service:
                 status_code=400,
                 detail=(
                     f"mode {mode!r} needs a BM25 index: {engine.bm25_error}. Search with "
-                    "mode 'dense', or build it (indexer.bm25.write_bm25 on the index folder) "
+                    "mode 'dense', or build it (indexer.update.write_bm25 on the index folder) "
                     "and POST /admin/reload"
                 ),
             )

@@ -1,9 +1,10 @@
 """Publishing index folders atomically: a writer lock, temp folders, manifest, swap.
 
-Every change to an index folder (build, upsert, delete) is made in a temp folder
-beside it, finished with a manifest holding the sha256 of every file, and swapped in
-with one ``renameat2(RENAME_EXCHANGE)`` where the OS supports it, so a reader always
-finds a complete folder: the old version or the new one.
+Every change to an index folder (build, upsert, delete, adding BM25) is made in a
+temp folder beside it, finished with its BM25 index and a manifest holding the
+sha256 of every file, and swapped in (`search.atomic.swap_in_folder`: one
+``renameat2(RENAME_EXCHANGE)`` where the OS supports it), so a reader always finds a
+complete folder: the old version or the new one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from indexer.bm25 import write_bm25_files
 from search.atomic import atomic_write_json, swap_in_folder
 from search.bm25_index import BM25_DIR
 from search.docstore import DocStore
@@ -64,32 +66,31 @@ def temp_folder(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
 
 
-def write_extras(folder: Path, *, bm25: bool, only_if_present: bool = False) -> None:
-    """Write what other parts of the system keep beside the dense index.
+def refresh_bm25(folder: Path, *, bm25: bool, only_if_present: bool = False) -> None:
+    """Write, rewrite or drop the BM25 index of staged folder `folder`.
 
-    This is the single place where ``indexer.bm25.write_bm25`` (a lexical index in
-    ``folder/bm25/``, read from ``folder/docs.sqlite``) is called, after a build or an
-    update and before the manifest is written, so its files are checksummed too.
+    Called by `publish` after a build or an update and before the manifest is
+    written, so the ``bm25/`` files are checksummed and swapped in with the rest.
+    A folder whose doc store is empty gets no BM25 index (one of deleted documents
+    would be wrong), and any old one is removed.
 
     Args:
-        folder: The (temp) index folder, doc store complete.
+        folder: The staged index folder, doc store complete.
         bm25: Write the lexical index (skipped when False).
         only_if_present: Rewrite it only if the folder already has one (updates).
     """
     target = folder / BM25_DIR
     if not bm25 or (only_if_present and not target.exists()):
         return
-    from indexer.bm25 import write_bm25  # imports bm25s: only when a lexical index is wanted
-
     store = DocStore(folder / DOCSTORE_FILE)
     try:
         empty = len(store) == 0
     finally:
         store.close()
-    if empty:  # nothing to index; a lexical index of deleted documents would be wrong
+    if empty:
         shutil.rmtree(target, ignore_errors=True)
         return
-    write_bm25(folder)
+    write_bm25_files(folder)
 
 
 def index_mb(folder: Path) -> float:
@@ -114,13 +115,13 @@ def publish(
 ) -> dict[str, Any]:
     """Finish temp folder `tmp` and swap it in as `out` (call under `writer_lock`).
 
-    Writes the extras (`write_extras`), then the manifest with the checksums of
+    Writes the BM25 index (`refresh_bm25`), then the manifest with the checksums of
     everything in the folder, then swaps.
 
     Returns:
         The manifest as written.
     """
-    write_extras(tmp, bm25=bm25, only_if_present=only_if_present)
+    refresh_bm25(tmp, bm25=bm25, only_if_present=only_if_present)
     written = write_manifest(tmp, manifest)
     swap_in(tmp, out)
     return written

@@ -1,4 +1,4 @@
-"""Incremental updates of an index folder: upsert and delete documents.
+"""Incremental updates of an index folder: upsert and delete documents, add BM25.
 
 Each call edits a copy of the folder (copy-on-write) under the folder's writer lock
 and swaps it in (`indexer.publish`), so a reader never sees a half-updated folder and
@@ -11,6 +11,7 @@ a quarter of it. A full rebuild (`indexer.build`) never has tombstones.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from indexer.bm25 import write_bm25_files
 from indexer.factory import can_remove, make_index
 from indexer.publish import (
     index_mb,
@@ -31,6 +33,7 @@ from indexer.publish import (
     writer_lock,
 )
 from indexer.shards import encode_sorted
+from search.bm25_index import BM25_DIR
 from search.docstore import DocStore
 from search.encoder import Encoder
 from search.index_folder import (
@@ -40,14 +43,14 @@ from search.index_folder import (
     index_chain,
     read_manifest,
 )
-from search.types import IndexMismatchError, document_text
+from search.types import DataError, IndexMismatchError, document_text
 
 logger = logging.getLogger(__name__)
 
 COMPACT_AT = 0.25  # compact when tombstones exceed this fraction of the index
 _CHUNK = 1024
 
-__all__ = ["compact", "delete_documents", "upsert_documents"]
+__all__ = ["compact", "delete_documents", "upsert_documents", "write_bm25"]
 
 
 @dataclass
@@ -141,7 +144,7 @@ def upsert_documents(
         encoder: The index's own model (same model hash).
         batch_size: Texts per forward pass.
         bm25: Rewrite the lexical index too, if the folder has one (see
-            `indexer.publish.write_extras`).
+            `indexer.publish.refresh_bm25`).
 
     Returns:
         ``{"added": int, "replaced": int, "count": int}``: ids new to the index, ids
@@ -200,6 +203,43 @@ def delete_documents(index_dir: Path, ids: Iterable[str], *, bm25: bool = True) 
         edit.drop_rows(list(found.values()))
         count = len(edit.store)
     return {"deleted": len(found), "missing": [i for i in wanted if i not in found], "count": count}
+
+
+def write_bm25(index_dir: Path) -> dict[str, Any]:
+    """Write (or rewrite) the BM25 index of a published index folder.
+
+    Under the folder's writer lock, the folder is copied (files hard-linked where the
+    file system allows: none of them is modified), ``bm25/`` is written into the copy
+    (`indexer.bm25.write_bm25_files`) and the copy is published with a fresh manifest
+    and swapped in, so readers see the folder without BM25 or with all of it.
+
+    Returns:
+        The manifest as written.
+
+    Raises:
+        DataError: `index_dir` has no doc store, an empty one, or no manifest.
+    """
+    if not (index_dir / DOCSTORE_FILE).is_file():
+        raise DataError(f"{index_dir} has no {DOCSTORE_FILE}; build the index folder first")
+    out = index_dir.resolve()
+    with writer_lock(out):
+        manifest = read_manifest(out)
+        tmp = temp_folder(out)
+        try:
+            shutil.copytree(out, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+            shutil.rmtree(tmp / BM25_DIR, ignore_errors=True)
+            write_bm25_files(tmp)  # raises on an empty store, unlike publish's refresh
+            return publish(tmp, out, manifest, bm25=False)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _maybe_compact(edit: _Edit) -> None:

@@ -1,14 +1,18 @@
-"""The BM25 side of an index folder, reading side.
+"""BM25 search: the one tokeniser, index builder and searcher, and the index folder's
+``bm25/`` (reading side).
 
-An index folder may hold a ``bm25/`` folder beside ``index.faiss`` (written by
-`indexer.bm25.write_bm25`)::
+Evaluation builds a `BM25Index` in memory (`BM25Index.build`); the indexer builds
+the same one and saves it (`indexer.bm25.write_bm25_files`); the service loads it
+(`load_bm25`). All three tokenise with `tokenize` and rank with `BM25Index.search`,
+so they cannot disagree. An index folder may hold a ``bm25/`` folder beside
+``index.faiss``::
 
     bm25/           bm25s's saved index (vocab, CSC score matrix, params)
     bm25/rows.npy   int64, shape (n,): BM25 document i is doc-store ``row`` rows[i]
     bm25/meta.json  tokenizer (stopwords, stemmer), count, sha256 of the docs.sqlite
                     it was built from (a stale BM25 index is refused on load)
 
-Tokenisation lives here so the writer and the reader cannot drift apart.
+To add one to a published folder, use `indexer.update.write_bm25`.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def make_stemmer(language: str | None = STEMMER_LANGUAGE) -> Any:
 def tokenize(texts: Sequence[str], stemmer: Any) -> list[list[str]]:
     """Lower-cased word tokens without English stopwords, stemmed when `stemmer` is given.
 
-    The same rules as `search.evaluate.bm25_results` (bm25s's tokenizer).
+    bm25s's tokenizer with `STOPWORDS`; every BM25 index and query goes through here.
     """
     import bm25s
 
@@ -75,6 +79,34 @@ class BM25Index:
     rows: np.ndarray
     meta: dict[str, Any]
     stemmer: Any
+
+    @classmethod
+    def build(cls, texts: Sequence[str], rows: np.ndarray | None = None) -> BM25Index:
+        """Index `texts` (title and text of each document, see `document_text`).
+
+        Args:
+            texts: One string per document.
+            rows: int64, shape (len(texts),): the key `search` returns for each text;
+                default ``0 .. len(texts) - 1``.
+
+        Raises:
+            ValueError: `rows` does not have one entry per text.
+        """
+        import bm25s
+
+        keys = np.arange(len(texts), dtype=np.int64) if rows is None else np.asarray(rows)
+        if keys.shape != (len(texts),):
+            raise ValueError(f"rows has shape {keys.shape}; expected ({len(texts)},), one per text")
+        stemmer = make_stemmer()
+        model = bm25s.BM25()
+        model.index(tokenize(texts, stemmer), show_progress=False)
+        meta = {
+            "format_version": BM25_FORMAT_VERSION,
+            "count": len(texts),
+            "stopwords": STOPWORDS,
+            "stemmer": STEMMER_LANGUAGE if stemmer is not None else None,
+        }
+        return cls(model, keys.astype(np.int64), meta, stemmer)
 
     @property
     def count(self) -> int:
@@ -125,18 +157,18 @@ def load_bm25(index_dir: Path, *, verify: bool = True) -> BM25Index:
     if not has_bm25(index_dir):
         raise DataError(
             f"{index_dir} has no BM25 index ({BM25_DIR}/{META_FILE} missing); build it with "
-            "`indexer.bm25.write_bm25(index_dir)`"
+            "`indexer.update.write_bm25(index_dir)`"
         )
     meta: dict[str, Any] = json.loads((folder / META_FILE).read_text())
     if meta.get("format_version") != BM25_FORMAT_VERSION:
         raise DataError(
             f"{folder}: BM25 format {meta.get('format_version')} is not supported "
-            f"(expected {BM25_FORMAT_VERSION}); rebuild it with `write_bm25`"
+            f"(expected {BM25_FORMAT_VERSION}); rebuild it with `indexer.update.write_bm25`"
         )
     if verify and meta.get("docs_sha256") != sha256_file(index_dir / DOCSTORE_FILE):
         raise DataError(
             f"{folder} was built from another version of docs.sqlite; rebuild it with "
-            "`indexer.bm25.write_bm25(index_dir)`"
+            "`indexer.update.write_bm25(index_dir)`"
         )
     stemmer = make_stemmer(meta.get("stemmer"))
     if meta.get("stemmer") and stemmer is None:
@@ -149,7 +181,7 @@ def load_bm25(index_dir: Path, *, verify: bool = True) -> BM25Index:
     if rows.shape[0] != int(model.scores["num_docs"]):
         raise DataError(
             f"{folder}: {ROWS_FILE} has {rows.shape[0]} rows but the BM25 index has "
-            f"{model.scores['num_docs']} documents; rebuild it with `write_bm25`"
+            f"{model.scores['num_docs']} documents; rebuild it with `indexer.update.write_bm25`"
         )
     logger.info("loaded BM25 index of %d documents from %s", rows.shape[0], folder)
     return BM25Index(model, rows, meta, stemmer)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from indexer.bm25 import write_bm25
+from indexer.update import write_bm25
 from search.bm25_index import BM25_DIR, has_bm25, load_bm25, make_stemmer
 from search.docstore import DocStore
-from search.index_folder import DOCSTORE_FILE, MANIFEST
+from search.index_folder import DOCSTORE_FILE, MANIFEST, verify_folder
 from search.types import DataError
 
 DOCS = [
@@ -90,3 +92,27 @@ def test_missing_bm25_says_how_to_build(tmp_path: Path) -> None:
         load_bm25(tmp_path)
     with pytest.raises(DataError, match=r"docs\.sqlite"):
         write_bm25(tmp_path)
+
+
+def test_adding_bm25_publishes_a_new_folder(
+    tiny_index: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tiny_index(DOCS, tmp_path / "idx", bm25=False)
+    before = json.loads((out / MANIFEST).read_text())
+    inode = out.stat().st_ino
+    with open(out / DOCSTORE_FILE, "rb") as held:  # a reader of the old version
+        write_bm25(out)
+        assert held.read(16) == b"SQLite format 3\x00"
+    assert has_bm25(out) and load_bm25(out).count == len(DOCS)
+    assert out.stat().st_ino != inode  # swapped in, not edited in place
+    verify_folder(out)  # the manifest lists the bm25/ files
+    after = json.loads((out / MANIFEST).read_text())
+    assert {k: v for k, v in after.items() if k != "files"} == {
+        k: v for k, v in before.items() if k != "files"
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp folder left
+
+
+def test_the_bm25_writer_does_not_import_the_publisher() -> None:
+    code = "import sys, indexer.bm25; assert 'indexer.publish' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
