@@ -5,6 +5,7 @@ Errors a user can fix exit with code 2 and one line on stderr saying what and ho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from distill.config import DistillConfig
+from search.assets import TEACHER_NAME
 from search.types import DistilsearchError
 
 app = typer.Typer(
@@ -25,6 +28,15 @@ app = typer.Typer(
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 BackendOpt = Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")]
 EncodeBatch = Annotated[int, typer.Option(help="Encoding batch size.")]
+
+
+def _default(cls: type[Any], name: str) -> Any:
+    """The default of field `name` of dataclass `cls`: an option's default has one home,
+    the settings class, and ``--help`` shows it."""
+    for field in dataclasses.fields(cls):
+        if field.name == name and field.default is not dataclasses.MISSING:
+            return field.default
+    raise TypeError(f"{cls.__name__} has no field {name!r} with a plain default")
 
 
 def fail(message: str) -> NoReturn:
@@ -65,37 +77,39 @@ def distill(
     ],
     data: Annotated[str, typer.Option(help="BEIR folder or JSONL file of the corpus to adapt to.")],
     out: Annotated[Path, typer.Option(help="Folder to write the student into.")],
-    teacher: Annotated[
-        str, typer.Option(help="Teacher model name or folder.")
-    ] = "all-mpnet-base-v2",
+    teacher: Annotated[str, typer.Option(help="Teacher model name or folder.")] = TEACHER_NAME,
     max_minutes: Annotated[
         float, typer.Option(help="Stop training after this many minutes.")
-    ] = 30.0,
+    ] = _default(DistillConfig, "max_minutes"),
     max_texts: Annotated[
         int, typer.Option(help="Cap on training texts (teacher labelling is slow).")
-    ] = 8000,
+    ] = _default(DistillConfig, "max_texts"),
     texts: Annotated[
         list[Path] | None, typer.Option(help="Extra text files, one text a line.")
     ] = None,
-    epochs: Annotated[float, typer.Option(help="Training epochs.")] = 1.0,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 2e-5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    epochs: Annotated[float, typer.Option(help="Training epochs.")] = _default(
+        DistillConfig, "epochs"
+    ),
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = _default(
+        DistillConfig, "batch_size"
+    ),
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = _default(DistillConfig, "lr"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _default(DistillConfig, "seed"),
     loss: Annotated[
         str,
         typer.Option(
             help="rank (teacher's rankings, KL), mse (embedding matching) or mse+structure."
         ),
-    ] = "rank",
+    ] = _default(DistillConfig, "loss"),
     temperature: Annotated[
         float, typer.Option(help="Softmax temperature of the rank loss.")
-    ] = 0.05,
+    ] = _default(DistillConfig, "temperature"),
     max_seq_length: Annotated[
         int | None, typer.Option(help="Student's token window (default: the teacher's).")
-    ] = None,
+    ] = _default(DistillConfig, "max_seq_length"),
     compress: Annotated[
         bool, typer.Option(help="Export ONNX and int8 (behind the quality gate) afterwards.")
-    ] = True,
+    ] = _default(DistillConfig, "compress"),
     int8_min_cosine: Annotated[
         float,
         typer.Option(
@@ -103,12 +117,11 @@ def distill(
             "until it is reached (lower: faster int8 where some must; the retrieval "
             "gate still applies)."
         ),
-    ] = 0.996,
+    ] = _default(DistillConfig, "int8_min_cosine"),
     verbose: Verbose = False,
 ) -> None:
     """Distill the teacher into a smaller student (teacher rankings by default, or MSE)."""
     _setup(verbose)
-    from distill.config import DistillConfig
     from distill.run import distill as run_distill
 
     try:
