@@ -10,14 +10,22 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from distill.config import DistillConfig
+from indexer.options import BuildOptions
 from search.assets import TEACHER_NAME
+from search.corpus import Fields, ReadReport, Record
 from search.types import DistilsearchError
+
+if TYPE_CHECKING:
+    from indexer.executor import Executor
+    from search.encoder import Encoder
 
 app = typer.Typer(
     add_completion=False,
@@ -158,7 +166,7 @@ def index(
     out: Annotated[Path, typer.Option(help="Index folder to write (replaced atomically).")],
     factory: Annotated[
         str, typer.Option(help="FAISS factory string, or auto (by corpus size and memory).")
-    ] = "auto",
+    ] = _default(BuildOptions, "factory"),
     max_memory: Annotated[
         str | None, typer.Option(help="RAM budget of the auto index, e.g. 4GB (default: half).")
     ] = None,
@@ -167,15 +175,19 @@ def index(
     ] = False,
     on_error: Annotated[
         str, typer.Option(help="fail: stop at a bad record; skip: count, report and go on.")
-    ] = "fail",
-    id_field: Annotated[str | None, typer.Option(help="Id field (default _id, else id).")] = None,
-    title_field: Annotated[str, typer.Option(help="Title field.")] = "title",
-    text_field: Annotated[str, typer.Option(help="Text field.")] = "text",
-    batch_size: EncodeBatch = 32,
-    shard_size: Annotated[int, typer.Option(help="Documents per checkpoint shard.")] = 1024,
+    ] = _default(BuildOptions, "on_error"),
+    id_field: Annotated[
+        str | None, typer.Option(help="Id field (default _id, else id).")
+    ] = _default(Fields, "id"),
+    title_field: Annotated[str, typer.Option(help="Title field.")] = _default(Fields, "title"),
+    text_field: Annotated[str, typer.Option(help="Text field.")] = _default(Fields, "text"),
+    batch_size: EncodeBatch = _default(BuildOptions, "batch_size"),
+    shard_size: Annotated[int, typer.Option(help="Documents per checkpoint shard.")] = _default(
+        BuildOptions, "shard_size"
+    ),
     target_recall: Annotated[
         float, typer.Option(help="recall@10 the tuned search parameters must reach.")
-    ] = 0.95,
+    ] = _default(BuildOptions, "target_recall"),
     backend: BackendOpt = "auto",
     engine: Annotated[str, typer.Option(help="local, or dask (with --scheduler).")] = "local",
     scheduler: Annotated[
@@ -183,23 +195,24 @@ def index(
     ] = None,
     work_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder (shared with Dask workers).")
-    ] = None,
+    ] = _default(BuildOptions, "work_dir"),
     cache: Annotated[
         bool, typer.Option(help="Also reuse/fill the embedding cache (holds it all in RAM).")
     ] = False,
     on_disk: Annotated[
         bool, typer.Option("--on-disk", help="IVF lists in a memory-mapped file (less RAM).")
-    ] = False,
-    bm25: Annotated[bool, typer.Option(help="Also write the BM25 index.")] = True,
+    ] = _default(BuildOptions, "ondisk"),
+    bm25: Annotated[bool, typer.Option(help="Also write the BM25 index.")] = _default(
+        BuildOptions, "bm25"
+    ),
     verbose: Verbose = False,
 ) -> None:
     """Encode a corpus and write a FAISS index folder (resumable: rerun to continue)."""
     _setup(verbose)
     from indexer.build import build_index, summary
     from indexer.factory import parse_memory
-    from indexer.update import upsert_documents
     from search.assets import embeddings_dir, resolve_model
-    from search.corpus import Fields, ReadReport, count_documents, fingerprint, iter_records
+    from search.corpus import count_documents, fingerprint, iter_records
     from search.embed_cache import cache_for
     from search.encoder import load_encoder
 
@@ -213,53 +226,64 @@ def index(
         records = iter_records(path, fields=fields, on_error=on_error, report=report)  # type: ignore[arg-type]
         encoder = load_encoder(model, backend=backend)  # type: ignore[arg-type]
         if update:
-            result = upsert_documents(out, ((r.id, r.title, r.text) for r in records), encoder)
-            typer.echo(
-                f"updated {out}: {result['added']} added, {result['replaced']} replaced, "
-                f"{result['count']} documents"
-            )
-            if report.skipped:
-                typer.echo(report.summary())
+            _upsert(out, records, encoder, report)
             return
         model_path = str(resolve_model(model))
-        dask = None
-        if scheduler is not None:
-            from indexer.dask_engine import DaskEngine
-
-            dask = DaskEngine(
-                scheduler, model=model_path, backend=encoder.backend, batch_size=batch_size
-            )
-        emb = cache_for(encoder, embeddings_dir()) if cache else None
-        key = json.dumps([fingerprint(path), fields.id, fields.title, fields.text, on_error])
-        try:
-            manifest = build_index(
-                encoder,
-                records,
-                out,
+        with _dask_executor(scheduler, model_path, encoder.backend, batch_size) as executor:
+            emb = cache_for(encoder, embeddings_dir()) if cache else None
+            key = [fingerprint(path), fields.id, fields.title, fields.text, on_error]
+            options = BuildOptions(
                 factory=factory,
                 batch_size=batch_size,
                 shard_size=shard_size,
-                cache=emb,
                 model_path=model_path,
                 total=count_documents(path),
                 max_memory=budget,
                 on_error=on_error,
-                report=report,
-                resume_key=key,
+                resume_key=json.dumps(key),
                 work_dir=work_dir,
-                engine=dask,
                 target_recall=target_recall,
                 ondisk=on_disk,
                 bm25=bm25,
             )
-        finally:
-            if dask is not None:
-                dask.close()
+            manifest = build_index(
+                encoder, records, out, options, cache=emb, report=report, engine=executor
+            )
     except (DistilsearchError, ValueError, OSError) as exc:
         fail(str(exc))
     typer.echo(f"indexed into {out}: {summary(manifest)}")
     if report.skipped:
         typer.echo(report.summary())
+
+
+def _upsert(out: Path, records: Iterable[Record], encoder: Encoder, report: ReadReport) -> None:
+    """``index --update``: upsert `records` into the index folder `out` and say so."""
+    from indexer.update import upsert_documents
+
+    result = upsert_documents(out, ((r.id, r.title, r.text) for r in records), encoder)
+    typer.echo(
+        f"updated {out}: {result['added']} added, {result['replaced']} replaced, "
+        f"{result['count']} documents"
+    )
+    if report.skipped:
+        typer.echo(report.summary())
+
+
+@contextmanager
+def _dask_executor(
+    scheduler: str | None, model_path: str, backend: str, batch_size: int
+) -> Iterator[Executor | None]:
+    """The Dask executor of ``--scheduler``, closed on exit; None (local) without one."""
+    if scheduler is None:
+        yield None
+        return
+    from indexer.dask_engine import DaskEngine
+
+    dask = DaskEngine(scheduler, model=model_path, backend=backend, batch_size=batch_size)
+    try:
+        yield dask
+    finally:
+        dask.close()
 
 
 @app.command()

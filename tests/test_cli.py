@@ -1,9 +1,14 @@
+import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+import typer.main
 from typer.testing import CliRunner
 
-from api.cli import app
+from api.cli import _default, app
+from distill.config import DistillConfig
+from indexer.options import BuildOptions
 
 runner = CliRunner()
 
@@ -91,3 +96,22 @@ def test_distill_refuses_an_int8_cosine_above_one(scifact_slice: Path, tmp_path:
     args = ["distill", "--student", "all-MiniLM-L6-v2", "--data", str(scifact_slice)]
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "s"), "--int8-min-cosine", "1.5"])
     assert r.exit_code == 2 and "--int8-min-cosine must be in (0, 1]" in _err_line(r)
+
+
+def test_option_defaults_are_the_settings_classes_defaults() -> None:
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for command, settings, renamed in (
+        ("distill", DistillConfig, {}),
+        ("index", BuildOptions, {"on_disk": "ondisk"}),
+    ):
+        given = {renamed.get(p.name, p.name): p.default for p in commands[command].params}
+        shared = [
+            f
+            for f in dataclasses.fields(settings)
+            if f.name in given and f.default is not dataclasses.MISSING
+        ]
+        assert len(shared) >= 8
+        for field in shared:
+            assert given[field.name] == field.default, (command, field.name)
+    with pytest.raises(TypeError, match="'teacher'"):
+        _default(DistillConfig, "teacher")  # required: the CLI names the teacher itself
