@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from search.hybrid import DEFAULT_DEPTH, DEFAULT_FUSION, DEFAULT_WEIGHT, RRF_C, Fusion
 from search.onnx_encoder import cpu_count
 
 MIN_API_KEY_CHARS = 16
@@ -86,12 +86,13 @@ class Settings(BaseSettings):
         ),
     )
 
-    # Hybrid search.
-    # Defaults chosen on SciFact's train split (all-MiniLM-L6-v2): convex 0.5 > rrf.
-    hybrid_fusion: Literal["rrf", "convex"] = Field("convex", description="How rankings fuse.")
-    hybrid_weight: float = Field(0.5, ge=0, le=1, description="Dense share of the fused score.")
-    hybrid_rrf_c: int = Field(60, ge=0, description="RRF constant c in 1/(c + rank).")
-    hybrid_depth: int = Field(100, ge=1, description="Candidates each side retrieves.")
+    # Hybrid search: the defaults are search.hybrid's, which evaluation uses too.
+    hybrid_fusion: Fusion = Field(DEFAULT_FUSION, description="How rankings fuse: rrf|convex.")
+    hybrid_weight: float = Field(
+        DEFAULT_WEIGHT, ge=0, le=1, description="Dense share of the fused score."
+    )
+    hybrid_rrf_c: int = Field(RRF_C, ge=0, description="RRF constant c in 1/(c + rank).")
+    hybrid_depth: int = Field(DEFAULT_DEPTH, ge=1, description="Candidates each side retrieves.")
 
     # Safety.
     api_key: SecretStr | None = Field(

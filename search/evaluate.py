@@ -1,6 +1,8 @@
-"""BEIR evaluation: exact dense retrieval or BM25, scored by beir's `EvaluateRetrieval`.
+"""BEIR evaluation: exact dense retrieval, BM25 or both fused, scored by beir's
+`EvaluateRetrieval`.
 
-Metrics come from pytrec_eval through beir; nothing here re-implements them.
+Metrics come from pytrec_eval through beir; nothing here re-implements them. BM25
+and fusion are the service's own (`search.bm25_index`, `search.hybrid`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,18 @@ from typing import Any
 import faiss
 import numpy as np
 
+from search.bm25_index import BM25Index
 from search.embed_cache import EmbeddingCache
 from search.encoder import Encoder
+from search.hybrid import (
+    DEFAULT_DEPTH,
+    DEFAULT_FUSION,
+    DEFAULT_WEIGHT,
+    RRF_C,
+    Fusion,
+    as_fusion,
+    fuse_results,
+)
 from search.types import Corpus, Qrels, Queries, Results, document_text
 
 logger = logging.getLogger(__name__)
@@ -135,32 +147,22 @@ def dense_results(
 
 
 def bm25_results(corpus: Corpus, queries: Queries, *, k: int = 100) -> tuple[Results, dict]:
-    """BM25 (bm25s, English stopwords, Snowball stemming when PyStemmer is installed)."""
-    import bm25s
+    """BM25 top-`k` of each query as BEIR results (`search.bm25_index.BM25Index`).
 
-    try:
-        import Stemmer  # type: ignore[import-not-found]
+    The index and tokeniser the service searches with; documents that share no term
+    with a query are left out of its results.
 
-        stemmer = Stemmer.Stemmer("english")
-    except ImportError:
-        stemmer = None
+    Returns:
+        (BEIR results, ``{"docs_per_s": indexing throughput, "docs_per_s_source"}``).
+    """
     doc_ids, texts = corpus_texts(corpus)
     t0 = time.perf_counter()
-    retriever = bm25s.BM25()
-    retriever.index(
-        bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False),
-        show_progress=False,
-    )
+    index = BM25Index.build(texts)
     docs_per_s = len(texts) / (time.perf_counter() - t0)
-    query_ids = list(queries)
-    tokens = bm25s.tokenize(
-        [queries[q] for q in query_ids], stopwords="en", stemmer=stemmer, show_progress=False
-    )
-    rows, scores = retriever.retrieve(tokens, k=min(k, len(doc_ids)), show_progress=False)
-    results = {
-        qid: {doc_ids[int(r)]: float(s) for r, s in zip(rrow, srow, strict=True)}
-        for qid, rrow, srow in zip(query_ids, rows, scores, strict=True)
-    }
+    results: Results = {}
+    for qid, query in queries.items():
+        rows, scores = index.search(query, k)
+        results[qid] = {doc_ids[int(r)]: float(s) for r, s in zip(rows, scores, strict=True)}
     return results, {"docs_per_s": docs_per_s, "docs_per_s_source": "measured (indexing)"}
 
 
@@ -219,6 +221,33 @@ def evaluate(
     return _report(facts, qrels, results, timing, (len(queries), len(corpus)), t0)
 
 
+def hybrid_results(
+    encoder: Encoder,
+    corpus: Corpus,
+    queries: Queries,
+    *,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    method: Fusion | str = DEFAULT_FUSION,
+    weight: float = DEFAULT_WEIGHT,
+    rrf_c: int = RRF_C,
+    depth: int = DEFAULT_DEPTH,
+    k: int = 100,
+) -> tuple[Results, dict[str, Any]]:
+    """Dense (`dense_results`) and BM25 (`bm25_results`) top-`depth`, fused by
+    `search.hybrid.fuse` like the service's hybrid mode; the top `k` of each query.
+
+    Returns:
+        (BEIR results, the dense side's timing facts).
+    """
+    dense, timing = dense_results(
+        encoder, corpus, queries, cache=cache, batch_size=batch_size, progress=progress, k=depth
+    )
+    sparse, _ = bm25_results(corpus, queries, k=depth)
+    return fuse_results(dense, sparse, method=method, weight=weight, c=rrf_c, k=k), timing
+
+
 def evaluate_hybrid(
     encoder: Encoder,
     corpus: Corpus,
@@ -228,32 +257,39 @@ def evaluate_hybrid(
     cache: EmbeddingCache | None = None,
     batch_size: int = 32,
     progress: bool = True,
-    method: str = "rrf",
-    weight: float = 0.5,
-    rrf_c: int = 60,
-    depth: int = 100,
+    method: Fusion | str = DEFAULT_FUSION,
+    weight: float = DEFAULT_WEIGHT,
+    rrf_c: int = RRF_C,
+    depth: int = DEFAULT_DEPTH,
 ) -> dict[str, Any]:
     """Evaluate dense + BM25 fused by `search.hybrid.fuse` on a BEIR split.
 
-    Each side retrieves its top `depth` documents; the fused top 100 are scored.
+    Each side retrieves its top `depth` documents; the fused top 100 are scored
+    (`hybrid_results`).
 
     Returns:
         The report of `evaluate`, with ``model`` = ``hybrid(<encoder>+bm25)`` and the
         fusion settings (``fusion``, ``weight``, ``rrf_c``, ``depth``).
     """
-    from search.hybrid import fuse_results
-
+    method = as_fusion(method)
     queries = {q: t for q, t in queries.items() if q in qrels}
     t0 = time.perf_counter()
-    dense, timing = dense_results(
-        encoder, corpus, queries, cache=cache, batch_size=batch_size, progress=progress, k=depth
+    results, timing = hybrid_results(
+        encoder,
+        corpus,
+        queries,
+        cache=cache,
+        batch_size=batch_size,
+        progress=progress,
+        method=method,
+        weight=weight,
+        rrf_c=rrf_c,
+        depth=depth,
     )
-    sparse, _ = bm25_results(corpus, queries, k=depth)
-    results = fuse_results(dense, sparse, method=method, weight=weight, c=rrf_c, k=100)
     facts = {
         **_encoder_facts(encoder),
         "model": f"hybrid({encoder.name}+bm25)",
-        "fusion": method,
+        "fusion": method.value,
         "weight": weight,
         "rrf_c": rrf_c,
         "depth": depth,

@@ -7,7 +7,9 @@ Pure functions over ranked ``(key, score)`` lists, best first. Two methods:
 - ``convex``: ``w * minmax(dense) + (1 - w) * minmax(bm25)``, each list min-max
   normalised to [0, 1] on its own; a document absent from a list gets 0 from it.
 
-``w`` is the dense weight in [0, 1].
+``w`` is the dense weight in [0, 1]. `fuse` is the one entry point: the service and
+the evaluation both call it, with the one default, `DEFAULT_FUSION` at
+`DEFAULT_WEIGHT` (the setting the project's hybrid results are reported with).
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ class Fusion(str, Enum):
     CONVEX = "convex"
 
 
+DEFAULT_FUSION = Fusion.CONVEX
+DEFAULT_WEIGHT = 0.5
 RRF_C = 60
+DEFAULT_DEPTH = 100  # candidates each side retrieves before fusing
 
 
-def _fusion(method: Fusion | str) -> Fusion:
+def as_fusion(method: Fusion | str) -> Fusion:
+    """`method` as a `Fusion`.
+
+    Raises:
+        ValueError: not one of the methods; the message lists them.
+    """
     try:
         return Fusion(method)
     except ValueError:
@@ -105,12 +115,27 @@ def fuse(
     dense: Sequence[tuple[K, float]],
     sparse: Sequence[tuple[K, float]],
     *,
-    method: Fusion | str = Fusion.RRF,
-    weight: float = 0.5,
+    method: Fusion | str = DEFAULT_FUSION,
+    weight: float = DEFAULT_WEIGHT,
     c: int = RRF_C,
 ) -> list[tuple[K, float]]:
-    """Fuse two rankings with `method` (``rrf`` or ``convex``); see the module doc."""
-    method = _fusion(method)
+    """Fuse two rankings with `method` (``rrf`` or ``convex``); see the module doc.
+
+    Args:
+        dense: ``(key, score)`` best first (cosine similarities).
+        sparse: ``(key, score)`` best first (BM25 scores).
+        method: The fusion method.
+        weight: The dense share in [0, 1].
+        c: The RRF constant (``rrf`` only).
+
+    Returns:
+        ``(key, fused score)`` for every key in either list, best first; ties keep
+        the order keys are first seen in, dense list first.
+
+    Raises:
+        ValueError: an unknown method, a weight outside [0, 1] or a negative `c`.
+    """
+    method = as_fusion(method)
     if method is Fusion.RRF:
         return rrf(dense, sparse, weight=weight, c=c)
     return convex(dense, sparse, weight=weight)
@@ -120,15 +145,15 @@ def fuse_results(
     dense: Results,
     sparse: Results,
     *,
-    method: Fusion | str = Fusion.RRF,
-    weight: float = 0.5,
+    method: Fusion | str = DEFAULT_FUSION,
+    weight: float = DEFAULT_WEIGHT,
     c: int = RRF_C,
     k: int = 100,
 ) -> Results:
-    """Fuse BEIR result dicts query by query, keeping the top `k` of each.
+    """Fuse BEIR result dicts query by query with `fuse`, keeping the top `k` of each.
 
-    Queries missing from one side are fused with an empty ranking. Inputs are not
-    modified.
+    Each side is ranked by score, best first (ties keep the dict's order). Queries
+    missing from one side are fused with an empty ranking. Inputs are not modified.
     """
     out: Results = {}
     for qid in dict.fromkeys([*dense, *sparse]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,49 @@ def test_evaluate_hybrid_ends_match_each_side(tiny_model: Path, scifact_slice: P
     mixed = evaluate_hybrid(encoder, corpus, queries, qrels, progress=False, method="convex")
     assert mixed["model"].startswith("hybrid(") and mixed["fusion"] == "convex"
     assert 0 < mixed["ndcg@10"] <= 1
+
+
+PARITY_DOCS = [
+    ("d1", "Cats", "Cats are small domesticated felines that purr."),
+    ("d2", "Dogs", "Dogs are loyal animals kept as pets and for herding."),
+    ("d3", "Kittens", "A kitten is a young cat; kittens play a lot."),
+    ("d4", "Puppies", "A puppy is a young dog that needs training."),
+    ("d5", "Python", "Python is a programming language with dynamic typing."),
+    ("d6", "Rust", "Rust is a systems programming language with ownership."),
+    ("d7", "Compilers", "A compiler translates source code into machine code."),
+    ("d8", "", "Interpreters execute programs line by line."),
+    ("d9", "Ferrets", "Ferrets are playful pets; a ferret sleeps a lot."),
+    ("d10", "Herding", "Sheep dogs help with herding on farms."),
+]
+PARITY_QUERIES = {
+    "q1": "young cats and kittens",
+    "q2": "programming language",
+    "q3": "dogs herding sheep",
+    "q4": "pets that sleep a lot",
+    "q5": "machine code",
+}
+
+
+def test_evaluation_and_service_rank_hybrid_alike(
+    tiny_model: Path, tiny_index: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The same index folder and queries: evaluation's hybrid ranking is the service's."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.settings import Settings
+    from search.encoder import load_encoder
+    from search.evaluate import hybrid_results
+
+    folder = tiny_index(PARITY_DOCS, tmp_path / "idx", bm25=True)
+    corpus = {i: {"title": title, "text": text} for i, title, text in PARITY_DOCS}
+    k = 5
+    evaluated, _ = hybrid_results(
+        load_encoder(tiny_model), corpus, PARITY_QUERIES, progress=False, k=k
+    )
+    with TestClient(create_app(Settings(index_dir=folder))) as client:
+        for qid, query in PARITY_QUERIES.items():
+            body = client.post("/search", json={"query": query, "k": k, "mode": "hybrid"}).json()
+            served = [(h["id"], h["score"]) for h in body["hits"]]
+            assert [i for i, _ in served] == list(evaluated[qid]), query
+            assert [s for _, s in served] == pytest.approx(list(evaluated[qid].values()), abs=1e-5)
