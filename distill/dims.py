@@ -29,7 +29,7 @@ from search.assets import model_hash
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["pca_projection", "reduce_dims", "similarity_agreement"]
+__all__ = ["append_pca", "pca_projection", "reduce_dims", "similarity_agreement"]
 
 _NEIGHBOURS = 10
 
@@ -138,17 +138,40 @@ def reduce_dims(
         ValueError: bad `dim`, too few texts, or `out` exists without `overwrite`.
     """
     checked = check_texts(texts, "reduce_dims")
+    n_fit = _validate(folder, out, dim, len(checked), heldout=heldout, overwrite=overwrite)
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars are noise here
+    t0 = time.perf_counter()
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True).eval()
+    report = {"path": str(out), **append_pca(model, checked, dim, n_fit, center, batch_size)}
+    _save(model, out)
+    report["model_hash"] = model_hash(out)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    if evaluate is not None:
+        report.update(_scores(evaluate, folder, out))
+    logger.info(
+        "reduced %s to %d dims in %s: energy kept %.3f", folder, dim, out, report["energy_kept"]
+    )
+    return report
+
+
+def _validate(
+    folder: Path, out: Path, dim: int, n_texts: int, *, heldout: float, overwrite: bool
+) -> int:
+    """Check `reduce_dims`' arguments; return how many texts fit the PCA."""
     if not 0 <= heldout < 1:
         raise ValueError(f"heldout must be in [0, 1), got {heldout}")
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists; pass overwrite=True or choose another folder")
     if out.resolve() == folder.resolve():
         raise ValueError(f"out must be a new folder, not the source {folder}")
-    n_fit = len(checked) - int(heldout * len(checked))
+    n_fit = n_texts - int(heldout * n_texts)
     if n_fit < dim:
         raise ValueError(
             f"PCA to {dim} dims needs at least {dim} fitting texts, got {n_fit} "
-            f"({len(checked)} texts, {heldout:.0%} held out); pass more texts"
+            f"({n_texts} texts, {heldout:.0%} held out); pass more texts"
         )
     if n_fit < 4 * dim:
         logger.warning(
@@ -157,26 +180,26 @@ def reduce_dims(
             n_fit,
             4 * dim,
         )
+    return n_fit
+
+
+def append_pca(
+    model: Any, texts: list[str], dim: int, n_fit: int, center: bool, batch_size: int
+) -> dict[str, Any]:
+    """Fit a PCA to `model`'s embeddings of ``texts[:n_fit]`` and append it to `model`.
+
+    `model` (a `SentenceTransformer`) is changed in place: ``Normalize`` (unless
+    already last), ``Dense(d -> dim, identity)`` and ``Normalize`` are appended.
+
+    Returns:
+        The report entries of `reduce_dims` that describe the projection: ``dim``,
+        ``source_dim``, ``center``, ``energy_kept``, ``num_fit_texts``,
+        ``num_heldout_texts``, ``fit_cosine`` and the held-out similarity agreement.
+    """
     import torch
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # "Writing model shards" bars are noise here
-    t0 = time.perf_counter()
-    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True).eval()
-
-    def encode(m: SentenceTransformer, batch: list[str]) -> np.ndarray:
-        vecs = m.encode(
-            batch,
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vecs, dtype=np.float32)
-
-    vecs = encode(model, checked)
+    vecs = _encode(model, texts, batch_size)
     source_dim = vecs.shape[1]
     weight, bias, energy = pca_projection(vecs[:n_fit], dim, center=center)
     if type(model[-1]).__name__ != "Normalize":
@@ -192,42 +215,53 @@ def reduce_dims(
         )
     )
     model.append(modules.Normalize())
-
-    reduced = encode(model, checked)
+    reduced = _encode(model, texts, batch_size)
     by_hand = vecs @ weight.T + (0 if bias is None else bias)
-    report: dict[str, Any] = {
-        "path": str(out),
+    entries: dict[str, Any] = {
         "dim": dim,
         "source_dim": source_dim,
         "center": center,
         "energy_kept": round(energy, 5),
         "num_fit_texts": n_fit,
-        "num_heldout_texts": len(checked) - n_fit,
+        "num_heldout_texts": len(texts) - n_fit,
         "fit_cosine": round(float(cosines(reduced, by_hand).mean()), 6),
     }
-    if len(checked) - n_fit >= 2:
+    if len(texts) - n_fit >= 2:
         agreement = similarity_agreement(vecs[n_fit:], reduced[n_fit:])
-        report.update({k: round(v, 5) for k, v in agreement.items()})
+        entries.update({k: round(v, 5) for k, v in agreement.items()})
+    return entries
 
+
+def _encode(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
+    """float32 (n, d) unit embeddings of `texts` by a `SentenceTransformer`."""
+    vecs = model.encode(
+        texts,
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def _save(model: Any, out: Path) -> None:
+    """Save `model` as folder `out`, replacing it whole (temp folder, then rename)."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(str(tmp))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    report["model_hash"] = model_hash(out)
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    if evaluate is not None:
-        from search.encoder import TorchEncoder
 
-        source_score = evaluate(TorchEncoder(folder))
-        reduced_score = evaluate(TorchEncoder(out))
-        report.update(
-            source_score=round(source_score, 5),
-            reduced_score=round(reduced_score, 5),
-            relative_drop=round((source_score - reduced_score) / max(source_score, 1e-12), 5),
-        )
-    logger.info(
-        "reduced %s to %d dims in %s: energy kept %.3f", folder, dim, out, report["energy_kept"]
-    )
-    return report
+
+def _scores(evaluate: Evaluation, folder: Path, out: Path) -> dict[str, float]:
+    """`evaluate` of the source and the reduced model (torch backend), and the drop."""
+    from search.encoder import TorchEncoder
+
+    source_score = evaluate(TorchEncoder(folder))
+    reduced_score = evaluate(TorchEncoder(out))
+    return {
+        "source_score": round(source_score, 5),
+        "reduced_score": round(reduced_score, 5),
+        "relative_drop": round((source_score - reduced_score) / max(source_score, 1e-12), 5),
+    }
