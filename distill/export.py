@@ -158,10 +158,9 @@ def _eager_attention(transformer: Any) -> Iterator[str]:
     restoring its own attention afterwards.
 
     Traced through torch's SDPA, each layer's attention carries extra masking ops
-    (IsNaN, Where) that onnxruntime neither fuses nor runs fast: the same MiniLM-L6
-    student encoded SciFact passages 20-30 % faster when exported eager (int8,
-    2 cores: 22 -> 28 docs/s). The two give the same vectors (the export check
-    compares with torch).
+    (IsNaN, Where) that onnxruntime neither fuses nor runs fast, so the eager graph
+    encodes faster (docs/compression.md); both give the same vectors (the export
+    check compares with torch).
 
     Yields:
         The attention implementation the graph is traced with.
@@ -261,8 +260,7 @@ def timed_encode(
 
     The warm-up runs the same batches, so whatever an encoder makes on first use
     (an ONNX encoder's one-thread session for parallel batches) is not timed; the best
-    of several calls damps the noise of a few seconds' measurement on a shared CPU
-    (one call of int8 on 64 texts read anywhere from 12 to 19 texts/s here).
+    of several calls damps the noise of a few seconds' measurement on a shared CPU.
     """
     encode(texts)
     best = float("inf")
@@ -335,70 +333,27 @@ def export_onnx(
 
     t0 = time.perf_counter()
     model = SentenceTransformer(str(folder), device="cpu", local_files_only=True).eval()
-    out_dir = folder / ONNX_DIR
-    tmp = out_dir / f".export-{os.getpid()}"
+    tmp = folder / ONNX_DIR / f".export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         facts = _export(model, tmp / FP32_FILE, opset)
-        export_seconds = time.perf_counter() - t0
-        ref, torch_speed = timed_encode(
-            lambda t: model.encode(
-                t,
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            ),
-            checked,
-        )
+        export_seconds = round(time.perf_counter() - t0, 1)
         candidate = OnnxEncoder(folder, model_file=tmp / FP32_FILE)
-        vecs, onnx_speed = timed_encode(
-            lambda t: candidate.encode(t, batch_size=batch_size), checked
-        )
-        cos = cosines(vecs, ref)
         report: dict[str, Any] = {
-            "path": str(out_dir / FP32_FILE),
-            "cosine_mean": round(float(cos.mean()), 6),
-            "cosine_min": round(float(cos.min()), 6),
-            "num_texts": len(checked),
+            "path": str(folder / ONNX_DIR / FP32_FILE),
+            **compare_with_torch(model, candidate, checked, batch_size),
             "size_mb": round(files_mb(list(tmp.iterdir())), 1),
-            "torch_docs_per_s": round(torch_speed, 1),
-            "onnx_docs_per_s": round(onnx_speed, 1),
-            "speedup": round(onnx_speed / torch_speed, 2),
-            "export_seconds": round(export_seconds, 1),
+            "export_seconds": export_seconds,
             "opset": opset,
             "dim": candidate.dim,
             **facts,
         }
-        if report["cosine_mean"] < min_cosine:
-            raise CompressionError(
-                f"ONNX export of {folder} disagrees with torch: mean cosine "
-                f"{report['cosine_mean']:.6f} (min {report['cosine_min']:.6f}) over "
-                f"{len(checked)} texts, need >= {min_cosine}; nothing was written. "
-                "Check the model's modules or export with another opset"
-            )
-        for stale in onnx_files(folder, FP32_FILE) + onnx_files(folder, INT8_FILE):
-            stale.unlink(missing_ok=True)
-        for path in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".onnx"):
-            os.replace(path, out_dir / path.name)  # data file first, graph last
+        _check_agreement(report, folder, min_cosine)
+        _move_in(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    manifest = read_manifest(folder)
-    manifest.pop(INT8_FILE, None)
-    manifest.update(
-        model_hash=model_hash(folder),
-        dim=report["dim"],
-        max_seq_length=int(model.max_seq_length or candidate.max_seq_length),
-        inputs=facts["inputs"],
-        pooling=facts["pooling"],
-        heads=facts["heads"],
-        attention=facts["attention"],
-        opset=opset,
-        versions=_versions(),
-    )
-    manifest[FP32_FILE] = {"cosine_to_torch": report["cosine_mean"], "size_mb": report["size_mb"]}
-    write_manifest(folder, manifest)
+    _record_export(folder, report, int(model.max_seq_length or candidate.max_seq_length))
     logger.info(
         "exported %s: cosine %.6f, %.1f MB, %.1fx torch speed",
         report["path"],
@@ -407,6 +362,76 @@ def export_onnx(
         report["speedup"],
     )
     return report
+
+
+def compare_with_torch(
+    model: Any, candidate: OnnxEncoder, texts: list[str], batch_size: int
+) -> dict[str, Any]:
+    """How an ONNX export agrees with its `SentenceTransformer` on `texts`, and their speeds.
+
+    Returns:
+        ``cosine_mean``/``cosine_min`` between the two models' embeddings,
+        ``num_texts``, ``torch_docs_per_s``, ``onnx_docs_per_s`` and ``speedup``.
+    """
+    ref, torch_speed = timed_encode(
+        lambda t: model.encode(
+            t,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ),
+        texts,
+    )
+    vecs, onnx_speed = timed_encode(lambda t: candidate.encode(t, batch_size=batch_size), texts)
+    cos = cosines(vecs, ref)
+    return {
+        "cosine_mean": round(float(cos.mean()), 6),
+        "cosine_min": round(float(cos.min()), 6),
+        "num_texts": len(texts),
+        "torch_docs_per_s": round(torch_speed, 1),
+        "onnx_docs_per_s": round(onnx_speed, 1),
+        "speedup": round(onnx_speed / torch_speed, 2),
+    }
+
+
+def _check_agreement(report: dict[str, Any], folder: Path, min_cosine: float) -> None:
+    if report["cosine_mean"] < min_cosine:
+        raise CompressionError(
+            f"ONNX export of {folder} disagrees with torch: mean cosine "
+            f"{report['cosine_mean']:.6f} (min {report['cosine_min']:.6f}) over "
+            f"{report['num_texts']} texts, need >= {min_cosine}; nothing was written. "
+            "Check the model's modules or export with another opset"
+        )
+
+
+def _move_in(tmp: Path, folder: Path) -> None:
+    """Replace the fp32 model by the export in `tmp`; the int8 one made from the old
+    graph goes. The data file moves first and the graph last, so the graph never
+    points at data that is not there yet."""
+    for stale in onnx_files(folder, FP32_FILE) + onnx_files(folder, INT8_FILE):
+        stale.unlink(missing_ok=True)
+    for path in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".onnx"):
+        os.replace(path, folder / ONNX_DIR / path.name)
+
+
+def _record_export(folder: Path, report: dict[str, Any], max_seq_length: int) -> None:
+    """Write what the fp32 export is into ``onnx/manifest.json``, dropping the int8 entry."""
+    manifest = read_manifest(folder)
+    manifest.pop(INT8_FILE, None)
+    manifest.update(
+        model_hash=model_hash(folder),
+        dim=report["dim"],
+        max_seq_length=max_seq_length,
+        inputs=report["inputs"],
+        pooling=report["pooling"],
+        heads=report["heads"],
+        attention=report["attention"],
+        opset=report["opset"],
+        versions=_versions(),
+    )
+    manifest[FP32_FILE] = {"cosine_to_torch": report["cosine_mean"], "size_mb": report["size_mb"]}
+    write_manifest(folder, manifest)
 
 
 def _versions() -> dict[str, str]:
