@@ -21,8 +21,9 @@ from api.metrics import Metrics
 from api.middleware import BodyGuardMiddleware, MetricsMiddleware
 from api.openapi import openapi_with_limits
 from api.routes import admin, documents, health, info, search, ui
-from api.service import Service, clean_text
+from api.service import Service
 from api.settings import Settings
+from api.validation import clean_text
 from search.retriever import Retriever
 
 logger = logging.getLogger(__name__)

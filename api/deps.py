@@ -16,7 +16,6 @@ from fastapi.security import APIKeyHeader
 from api.engine import Engine, NotLoadedError
 from api.service import Service
 from api.settings import Settings
-from search.retriever import Retriever
 
 API_KEY_HEADER = "X-API-Key"
 _api_key = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
@@ -52,10 +51,6 @@ async def get_engine(service: ServiceDep) -> AsyncIterator[Engine]:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-async def get_retriever(engine: EngineDep) -> Retriever:
-    return engine.retriever
-
-
 async def require_admin(
     settings: Annotated[Settings, Depends(get_settings)],
     key: Annotated[str | None, Security(_api_key)],
@@ -77,6 +72,4 @@ async def require_admin(
         raise HTTPException(status_code=403, detail="wrong API key")
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RetrieverDep = Annotated[Retriever, Depends(get_retriever)]
 AdminDep = Depends(require_admin)

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Mode = Literal["dense", "bm25", "hybrid"]
-MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
 
 
 def _json_integer(value: Any) -> Any:

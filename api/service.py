@@ -1,77 +1,50 @@
 """The search service behind the routes: dense (micro-batched), BM25 and hybrid search,
-input limits, and index reloads."""
+document reads and updates, and index reloads.
+
+Routes hand it request bodies; it checks them against the settings
+(`api.validation`), runs the work off the event loop where it blocks, and returns
+response schemas.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import faiss
 from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.batching import MicroBatcher
 from api.engine import Engine, EngineHolder, load_engine
 from api.metrics import Metrics
-from api.schemas import HitOut, Mode, SearchResponse, Timing
+from api.schemas import (
+    BatchSearchResponse,
+    DocumentIn,
+    DocumentOut,
+    HitOut,
+    Info,
+    Mode,
+    ReloadResult,
+    SearchResponse,
+    Timing,
+    UpdateResult,
+)
 from api.settings import Settings
+from api.validation import check_documents, check_k, check_queries, check_query
+from indexer.update import delete_documents, upsert_documents
+from search.encoder import bulk_encoder
 from search.hybrid import fuse
 from search.types import DistilsearchError, Hit
 
 logger = logging.getLogger(__name__)
 
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def has_surrogate(text: str) -> bool:
-    """Whether `text` holds an unpaired UTF-16 surrogate (JSON allows ``"\\ud800"``)."""
-    return _SURROGATE.search(text) is not None
-
-
-def clean_text(text: str) -> str:
-    """`text` with unpaired surrogates replaced by U+FFFD, safe to encode as UTF-8."""
-    return _SURROGATE.sub("\ufffd", text)
-
-
-def invalid(loc: Sequence[str | int], msg: str, value: Any) -> RequestValidationError:
-    """A 422 shaped like pydantic's own errors, so every 422 reads the same."""
-    return RequestValidationError(
-        [{"type": "value_error", "loc": tuple(loc), "msg": msg, "input": value}]
-    )
-
-
-def check_query(query: str, settings: Settings, loc: Sequence[str | int]) -> str:
-    """The stripped query, or a 422 saying why it cannot be searched."""
-    stripped = query.strip()
-    if not stripped:
-        raise invalid(loc, "query is empty or only whitespace; send some words", query)
-    if len(query) > settings.max_query_chars:
-        raise invalid(
-            loc,
-            f"query is {len(query)} characters; the limit is {settings.max_query_chars}",
-            query[:80],
-        )
-    if has_surrogate(query):
-        raise invalid(loc, "query holds an unpaired UTF-16 surrogate; send valid Unicode", query)
-    return stripped
-
-
-DEFAULT_K = 10
-
-
-def check_k(k: int | None, settings: Settings, loc: Sequence[str | int]) -> int:
-    """`k`, or the default when None; a 422 when it is over ``max_k``."""
-    if k is None:
-        return min(DEFAULT_K, settings.max_k)
-    if k > settings.max_k:
-        raise invalid(loc, f"k={k} is over the limit {settings.max_k}", k)
-    return k
+# Where a search request's query and k sit, for 422 error locations.
+_LOCS = {"body": (("body", "query"), ("body", "k")), "query": (("query", "q"), ("query", "k"))}
 
 
 @dataclass
@@ -102,6 +75,30 @@ class Service:
                     "and POST /admin/reload"
                 ),
             )
+
+    async def search_request(
+        self,
+        engine: Engine,
+        query: str,
+        k: int | None,
+        mode: Mode,
+        *,
+        source: Literal["body", "query"] = "body",
+    ) -> SearchResponse:
+        """Check one query and `k` of a request (in its body or its URL), then search."""
+        query_loc, k_loc = _LOCS[source]
+        checked = check_query(query, self.settings, query_loc)
+        return await self.search(engine, checked, check_k(k, self.settings, k_loc), mode)
+
+    async def search_batch(
+        self, engine: Engine, queries: Sequence[str], k: int | None, mode: Mode
+    ) -> BatchSearchResponse:
+        """Check and search several queries; their dense encodings share micro-batches."""
+        checked = check_queries(queries, self.settings)
+        hits = check_k(k, self.settings, ("body", "k"))
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(self.search(engine, q, hits, mode) for q in checked))
+        return BatchSearchResponse(results=list(results), took_ms=1000 * (time.perf_counter() - t0))
 
     async def search(self, engine: Engine, query: str, k: int, mode: Mode) -> SearchResponse:
         """Search one (already checked) query with `engine`."""
@@ -170,6 +167,88 @@ class Service:
         self.metrics.search.labels(kind="fusion").observe(seconds)
         return hits, timing.model_copy(update={"bm25_ms": bm25_ms, "fusion_ms": 1000 * seconds})
 
+    async def document(self, engine: Engine, doc_id: str) -> DocumentOut:
+        """One document by id.
+
+        Raises:
+            HTTPException: 404 when the index holds no such document.
+        """
+        found = await run_in_threadpool(engine.retriever.folder.store.by_id, doc_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no document with id {doc_id!r}")
+        _, title, text = found
+        return DocumentOut(id=doc_id, title=title, text=text)
+
+    async def upsert(self, engine: Engine, docs: Sequence[DocumentIn]) -> UpdateResult:
+        """Check and add documents, or replace those whose id exists, then reload.
+
+        Encodes with `engine`'s encoder in its bulk form (`search.encoder.bulk_encoder`),
+        so the upsert's batches do not queue ahead of queries'.
+        """
+        triples = check_documents(docs, self.settings)
+        encoder = bulk_encoder(engine.retriever.encoder)
+        index_dir = self.settings.index_dir
+        async with self.admin_lock:
+            return await self._write(
+                lambda: upsert_documents(index_dir, triples, encoder, bm25=True)
+            )
+
+    async def delete(self, engine: Engine, doc_id: str) -> UpdateResult:
+        """Delete one document, then reload.
+
+        Raises:
+            HTTPException: 404 when the index holds no such document.
+        """
+        async with self.admin_lock:
+            current = self.holder.current or engine
+            if await run_in_threadpool(current.retriever.folder.store.by_id, doc_id) is None:
+                raise HTTPException(status_code=404, detail=f"no document with id {doc_id!r}")
+            index_dir = self.settings.index_dir
+            return await self._write(lambda: delete_documents(index_dir, [doc_id], bm25=True))
+
+    async def _write(self, work: Callable[[], dict[str, Any]]) -> UpdateResult:
+        """Run one index write (`indexer.update`, which rewrites BM25 when the index has
+        it) on a worker thread and serve its result. Call with `admin_lock` held.
+
+        Raises:
+            HTTPException: 409 when the index cannot be updated, 400 for bad input.
+        """
+        t0 = time.perf_counter()
+        try:
+            result = await run_in_threadpool(work)
+        except DistilsearchError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        engine = await self.reload()
+        missing = result.get("missing", 0)
+        return UpdateResult(
+            added=int(result.get("added", 0)),
+            replaced=int(result.get("replaced", 0)),
+            deleted=int(result.get("deleted", 0)),
+            missing=len(missing) if isinstance(missing, list) else int(missing),
+            count=int(result.get("count", engine.retriever.folder.count)),
+            generation=engine.generation,
+            took_ms=1000 * (time.perf_counter() - t0),
+        )
+
+    async def reload_request(self) -> ReloadResult:
+        """`reload` under `admin_lock`, reported.
+
+        Raises:
+            HTTPException: 409 when the folder cannot be loaded (the old index stays).
+        """
+        t0 = time.perf_counter()
+        async with self.admin_lock:
+            engine = await self.reload()
+        return ReloadResult(
+            generation=engine.generation,
+            index_dir=str(engine.index_dir),
+            count=engine.retriever.folder.count,
+            bm25=engine.bm25 is not None,
+            took_ms=1000 * (time.perf_counter() - t0),
+        )
+
     async def reload(self) -> Engine:
         """Load the index folder again, completely, then swap it in.
 
@@ -211,3 +290,53 @@ class Service:
     def observe_engine(self, engine: Engine) -> None:
         self.metrics.index_documents.set(engine.retriever.folder.count)
         self.metrics.index_generation.set(engine.generation)
+
+    def info(self, engine: Engine) -> Info:
+        """The model, the index (type, size, manifest), BM25 and the service's limits."""
+        r = engine.retriever
+        index = r.folder.index
+        inner = getattr(faiss.downcast_index(index), "index", None)
+        s = self.settings
+        bm25 = engine.bm25
+        return Info(
+            model={
+                "name": r.encoder.name,
+                "hash": r.encoder.model_hash,
+                "dim": r.encoder.dim,
+                "backend": r.encoder.backend,
+            },
+            index={
+                "type": type(faiss.downcast_index(index)).__name__,
+                "inner_type": (
+                    type(faiss.downcast_index(inner)).__name__ if inner is not None else None
+                ),
+                "factory": r.folder.manifest.get("factory"),
+                "size": r.folder.count,
+                "vectors": int(index.ntotal),
+                "dim": int(index.d),
+                "folder": str(r.folder.path),
+            },
+            bm25={
+                "available": bm25 is not None,
+                "size": bm25.count if bm25 is not None else 0,
+                "stemmer": bm25.meta.get("stemmer") if bm25 is not None else None,
+                "reason": engine.bm25_error,
+                "hybrid": {
+                    "fusion": s.hybrid_fusion,
+                    "weight": s.hybrid_weight,
+                    "rrf_c": s.hybrid_rrf_c,
+                    "depth": s.hybrid_depth,
+                },
+            },
+            limits={
+                "max_k": s.max_k,
+                "max_query_chars": s.max_query_chars,
+                "max_batch_queries": s.max_batch_queries,
+                "max_body_bytes": s.max_body_bytes,
+                "batch_max_size": s.batch_max_size,
+                "batch_max_wait_ms": s.batch_max_wait_ms,
+            },
+            manifest=r.folder.manifest,
+            generation=engine.generation,
+            loaded_at=engine.loaded_at,
+        )

@@ -159,7 +159,6 @@ def load_encoder(
     name_or_path: str | Path,
     *,
     backend: Backend = "auto",
-    batch_size: int | None = None,
     threads: int | None = None,
 ) -> Encoder:
     """Load an encoder by model name or folder.
@@ -168,7 +167,6 @@ def load_encoder(
         name_or_path: A model name known to `search.assets` or a model folder.
         backend: ``auto`` picks the fastest artifact the folder holds
             (ONNX int8 > ONNX > torch); the others force one and fail if it is absent.
-        batch_size: Unused here; kept for call sites that configure encoders uniformly.
         threads: onnxruntime intra-op threads of an ONNX encoder (default: every core);
             torch encoders use torch's process-wide setting.
 
@@ -189,3 +187,13 @@ def load_encoder(
     if chosen == "torch":
         return TorchEncoder(folder, name=name)
     return OnnxEncoder(folder, name=name, quantized=chosen == "onnx-int8", threads=threads)
+
+
+def bulk_encoder(encoder: Encoder) -> Encoder:
+    """`encoder` for bulk work beside latency-bound queries (a server's upserts).
+
+    An ONNX encoder runs batches in a pool its queries share, where an upsert's many
+    batches would queue ahead of theirs; it is given as its sequential view (same
+    sessions, no new memory). Other encoders are returned as they are.
+    """
+    return encoder.sequential() if isinstance(encoder, OnnxEncoder) else encoder

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -17,7 +15,6 @@ from api.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from api.service import check_k, check_query, invalid
 
 router = APIRouter(tags=["search"])
 
@@ -25,9 +22,7 @@ router = APIRouter(tags=["search"])
 @router.post("/search", response_model=SearchResponse, responses=ERRORS)
 async def search(body: SearchRequest, engine: EngineDep, service: ServiceDep) -> SearchResponse:
     """The `k` best documents for `query`: by embeddings (dense), keywords (bm25) or both."""
-    query = check_query(body.query, service.settings, ("body", "query"))
-    k = check_k(body.k, service.settings, ("body", "k"))
-    return await service.search(engine, query, k, body.mode)
+    return await service.search_request(engine, body.query, body.k, body.mode)
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS)
@@ -39,9 +34,7 @@ async def search_get(
     mode: Annotated[Mode, Query(description="dense, bm25 or hybrid.")] = "dense",
 ) -> SearchResponse:
     """Like POST /search, with the query in the URL (`?q=...&k=...&mode=...`)."""
-    query = check_query(q, service.settings, ("query", "q"))
-    hits = check_k(k, service.settings, ("query", "k"))
-    return await service.search(engine, query, hits, mode)
+    return await service.search_request(engine, q, k, mode, source="query")
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, responses=ERRORS)
@@ -49,15 +42,4 @@ async def search_batch(
     body: BatchSearchRequest, engine: EngineDep, service: ServiceDep
 ) -> BatchSearchResponse:
     """Several queries in one request; their dense encodings share micro-batches."""
-    settings = service.settings
-    if len(body.queries) > settings.max_batch_queries:
-        raise invalid(
-            ("body", "queries"),
-            f"{len(body.queries)} queries; the limit is {settings.max_batch_queries} per batch",
-            len(body.queries),
-        )
-    queries = [check_query(q, settings, ("body", "queries", i)) for i, q in enumerate(body.queries)]
-    k = check_k(body.k, settings, ("body", "k"))
-    t0 = time.perf_counter()
-    results = await asyncio.gather(*(service.search(engine, q, k, body.mode) for q in queries))
-    return BatchSearchResponse(results=list(results), took_ms=1000 * (time.perf_counter() - t0))
+    return await service.search_batch(engine, body.queries, body.k, body.mode)
