@@ -13,8 +13,8 @@ Why sub-batches of one query by default: on a CPU a transformer's cost grows wit
 the tokens it is fed, padding included, so encoding queries of different lengths
 together costs more than encoding them apart; what batching saves there is FAISS
 passes over the index (one scan serves every query of the batch). Parallelism is
-what makes a CPU serve more: onnxruntime and FAISS release the GIL, and on 2 cores
-two one-thread encodes at once served 1.4x the queries of one two-thread encode.
+what makes a CPU serve more: onnxruntime and FAISS release the GIL, so one-thread
+encodes side by side serve more queries than one encode on every thread.
 """
 
 from __future__ import annotations

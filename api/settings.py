@@ -56,8 +56,8 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description=(
-            "Queries per encoder sub-batch within a batch. 1: no padding, and ONNX runs "
-            "them on all cores at once (the fastest measured on CPUs)."
+            "Queries per encoder sub-batch within a batch. 1: no padding is encoded, "
+            "and an ONNX encoder runs the sub-batches side by side on all cores."
         ),
     )
     encode_workers: int | None = Field(
@@ -81,8 +81,8 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "FAISS OpenMP threads of dense search. 1: a search of a few queries gains "
-            "little from more, and FAISS's threads then do not fight the encoder's for "
-            "the cores (measured on 2 cores: 7 ms -> 0.9 ms per search of 5k vectors)."
+            "little from more threads, and FAISS's would compete with the encoder's "
+            "for the cores."
         ),
     )
 

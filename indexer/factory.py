@@ -14,12 +14,13 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
-# Measured by bench/index_scale.py (README): exact search is ~10 ms a query at 50k
-# 384-d vectors; beyond, IVF reached recall@10 >= 0.95 faster than HNSW32 (which
-# stayed at 0.87 with efSearch 1024 on 1M vectors) and deletes and memory-maps too.
+# Up to this many vectors exact search is fast enough and has perfect recall; beyond,
+# IVF is chosen: it reaches the recall target sooner than HNSW (bench/index_scale.py),
+# and it can delete vectors and memory-map its lists.
 FLAT_MAX_DOCS = 50_000
 # Peak RSS while building ~ BUILD_FACTOR x (index + training sample) + BUILD_BASE:
-# list growth, the shard being added and the interpreter (1M x 384 in the bench).
+# list growth, the shard being added and the interpreter (fitted with
+# bench/index_scale.py).
 BUILD_FACTOR = 1.4
 BUILD_BASE = 250 * 10**6
 TRAIN_PER_LIST = 40  # k-means sample: FAISS warns below 39 points per centroid

@@ -1,12 +1,10 @@
 """Batches of texts bounded by tokens as well as by count.
 
 A transformer's activations grow with batch × tokens (its attention scores with
-batch × tokens²), so a batch of 32 long documents works far outside the CPU caches.
-On 2 cores, 64 SciFact documents of near-equal length (~330 tokens, hardly any
-padding) encoded 1.5x faster one at a time than in batches of 32 with the teacher
-(torch, 2.35 vs 1.53 docs/s) and 1.2x faster with the int8 student (onnxruntime, one
-thread). Short texts still go in full batches: a batch of 32 queries is a few hundred
-tokens, and small calls cost more in per-call overhead than they save.
+batch × tokens²), so a batch of 32 long documents works far outside the CPU caches
+and encodes fewer documents per second than smaller batches of them do, even
+without padding. Short texts still go in full batches: a batch of 32 queries is a
+few hundred tokens, and small calls cost more in per-call overhead than they save.
 """
 
 from __future__ import annotations

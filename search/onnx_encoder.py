@@ -137,8 +137,8 @@ class OnnxEncoder:
             process may use.
         parallel: Batches `encode` runs at once when it has several, each on one
             thread (a second, one-thread session, made on first use); default: every
-            core. On 2 cores this encoded 1.4x the documents per second of one batch at
-            a time on two threads (int8; fp32 1.1x): the int8 kernels and the
+            core. One-thread batches side by side encode more documents per second
+            than one batch at a time on every thread: the int8 kernels and the
             non-matmul ops scale poorly across threads within one call.
         batch_tokens: Most padded tokens in one batch (see `search.batching`); None:
             batches are bounded by count only.
