@@ -1,37 +1,39 @@
 """Int8 quantization of an exported ONNX encoder, behind a quality gate.
 
-Each MatMul with a weight runs as ``MatMulIntegerToFloat`` (unless kept in fp32,
-below): int8 activations times int8 weights, accumulated in int32. Plain dynamic
-quantization (onnxruntime's ``quantize_dynamic``) breaks some encoders: on
-all-mpnet-base-v2 the cosine between int8 and fp32 embeddings falls to 0.4–0.6.
-Three causes, three fixes:
+`quantize_int8` makes ``onnx/model_int8.onnx`` from ``onnx/model.onnx`` in five stages:
 
-- **Weight saturation.** Without AVX-512 VNNI, onnxruntime's u8×s8 kernels add pairs
-  of products in int16, which overflows for full-range 8-bit weights (per-channel
-  scales make that common: cosine ~0); its u8×u8 and s8×s8 kernels do not overflow
-  but ran 17 % and 3.7× slower here. Weights are therefore quantized to 7 bits, which
-  cannot overflow on any x86 CPU, per output channel.
-- **Activation outliers.** ``quantize_dynamic`` quantizes activations per tensor, so
-  a MatMul whose input has a few huge values (FFN down-projections; in MPNet their
-  range is 150–290× their RMS) loses everything else. Here each
-  *token's* activations get their own scale (``ReduceMax``/``ReduceMin`` over the
-  hidden axis, symmetric 8-bit, zero point 128), which isolates the outlier tokens: on
-  the FFN down-projections of MiniLM's first three layers the error of the int8
-  product fell from 7.5–10 % to 3–4 %, close to the weight rounding alone.
-- **Weight rounding.** What error is left is mostly 7-bit weight rounding. Weights
-  are rounded with GPTQ (Frantar et al., 2022): input by input, each rounding
-  error is compensated on the weights not yet rounded, using the Gram matrix of the
-  MatMul's real inputs on the check texts. On MiniLM that cut the mean error of the
-  int8 products from 1.9 % to 1.5 % (8-bit weights: 1.4 %).
+1. **collect activations** (`distill.gptq.activation_stats`): the fp32 graph runs on
+   the first check texts; for each MatMul with a weight, the range of its inputs over
+   their RMS and their Gram matrix XᵀX are recorded;
+2. **GPTQ-round weights** (`distill.gptq.round_weights`): each weight is rounded to
+   7-bit integers per output channel, compensating each rounding error on the inputs
+   not yet rounded;
+3. **rewrite the graph** (`distill.int8_graph`): embedding tables (``Gather``) are
+   stored in int8 (weight-only: size, not speed), and each weight MatMul runs as
+   ``MatMulIntegerToFloat`` on int8 activations whose scales are computed at run time,
+   one per token;
+4. **gate trials**: the MatMuls with the most outlying inputs are kept in fp32 — 0, 1,
+   2, 4, 8… of them, then bisected — until the mean cosine between int8 and fp32
+   embeddings reaches `QualityGate.min_cosine`; with an evaluation, retrieval quality
+   must also stay within `QualityGate.max_relative_drop` of the fp32 ONNX model;
+5. **write**: a passing model replaces the previous ``model_int8.onnx``; a failing one
+   is not written, and a previous one is deleted (it would no longer match the gate's
+   verdict).
 
-If the int8 model still disagrees with fp32, the MatMuls with the most outlying
-inputs are kept in fp32 — 0, 1, 2, 4, 8… of them — until it agrees. Embedding tables
-(``Gather``) are stored in int8 by ``quantize_dynamic`` (weight-only: size, not speed).
+Why this scheme rather than onnxruntime's ``quantize_dynamic`` (one activation scale
+per tensor, full-range weights), which breaks some encoders (all-mpnet-base-v2):
 
-The result is then judged by a `QualityGate`: mean cosine to fp32 and, when an
-evaluation is given, retrieval quality (nDCG@10 on a BEIR slice) within 1 % of the
-fp32 ONNX model. A model that fails is not written, and a previous
-``model_int8.onnx`` is deleted (it would no longer match the gate's verdict).
+- **7-bit weights.** Without AVX-512 VNNI, onnxruntime's fast u8×s8 kernels add pairs
+  of products in int16, which overflows for full-range 8-bit weights (common with
+  per-channel scales); 7-bit weights cannot overflow on any x86 CPU. The kernels that
+  do not overflow (u8×u8, s8×s8) are slower.
+- **Per-token activation scales.** Some MatMul inputs (FFN down-projections) hold a
+  few huge values in a few tokens; one scale per tensor is set by them and loses the
+  rest, one scale per token confines the loss to those tokens.
+- **GPTQ rounding.** What error is left is mostly weight rounding, which GPTQ reduces
+  for the inputs the MatMul really sees.
+
+The measurements behind these choices are in docs/compression.md.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ from distill.export import (
     timed_encode,
     update_manifest,
 )
+from distill.gptq import PROBE_TEXTS, Rounded, activation_stats, round_weights
+from distill.int8_graph import quantize_tables, write_int8
 from search.encoder import Encoder
 from search.onnx_encoder import FP32_FILE, INT8_FILE, ONNX_DIR, OnnxEncoder
 from search.types import Corpus, Qrels, Queries
@@ -65,8 +69,7 @@ __all__ = ["QualityGate", "gate_decision", "quantize_int8", "retrieval_metric"]
 
 Evaluation = Callable[[Encoder], float]
 _OP_TYPES = ("MatMul", "Gather")  # Gather: embedding tables, weight-only
-_PROBE_BATCH = 8
-_PROBE_TEXTS = 32
+_MIN_COSINE_TEXTS = 16  # held-out texts needed to measure the cosine on them alone
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,9 @@ class QualityGate:
     """When an int8 model may be written beside the fp32 one.
 
     Attributes:
-        min_cosine: Least mean cosine between int8 and fp32 embeddings of the check texts.
-            0.996, not 0.99: with per-tensor activation scales the default student's
-            int8 model at cosine 0.993 lost 1 % nDCG@10 on 300 held-out SciFact train
-            queries over the full corpus (0.6597 vs 0.6661) where the retrieval gate's
-            1,000-document slice saw 0.1 %; at 0.996 (5 MatMuls in fp32) it lost
-            nothing there. Per-token scales and GPTQ reach 0.997 with none in fp32.
+        min_cosine: Least mean cosine between int8 and fp32 embeddings of the check
+            texts. It is set high because the retrieval check runs on a small slice
+            that cannot see drops a full corpus shows (docs/compression.md, "The gate").
         max_relative_drop: Largest relative drop of the retrieval metric allowed
             (0.01: int8 nDCG@10 >= 0.99 × fp32 nDCG@10).
         evaluate: Scores an encoder (higher is better), e.g. `retrieval_metric` on a
@@ -138,289 +138,6 @@ def retrieval_metric(
         return float(evaluate(encoder, corpus, queries, qrels, cache=None, progress=False)[metric])
 
     return score
-
-
-def weight_matmuls(model_path: Path) -> list[tuple[str, str]]:
-    """(node name, activation input name) of each MatMul whose second input is a weight."""
-    import onnx
-
-    proto = onnx.load(str(model_path), load_external_data=False)
-    weights = {init.name for init in proto.graph.initializer}
-    return [
-        (node.name, node.input[0])
-        for node in proto.graph.node
-        if node.op_type == "MatMul" and node.input[1] in weights
-    ]
-
-
-def real_rows(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The rows of activation `x` that belong to real tokens, as ``[rows, features]``.
-
-    Per-token tensors (``[batch, tokens, features]``) lose their padding; anything else
-    (e.g. ``[batch, features]`` after pooling, even when ``features`` happens to equal
-    the padded length) is only flattened to rows.
-    """
-    if x.ndim == 3 and x.shape[:2] == mask.shape:
-        return x[mask]
-    return x.reshape(-1, x.shape[-1])
-
-
-@dataclass
-class ActivationStats:
-    """What the check texts' real tokens put into one weight MatMul.
-
-    Attributes:
-        range_ratio: (max − min) / RMS of the inputs: how hard they are to quantize
-            with one scale (larger: a few outliers set the scale).
-        gram: XᵀX of the inputs (float64), GPTQ's second-order information.
-    """
-
-    range_ratio: float
-    gram: np.ndarray
-
-
-def activation_stats(
-    model_path: Path, encoder: OnnxEncoder, texts: Sequence[str]
-) -> dict[str, ActivationStats]:
-    """Measure each weight MatMul's input over real (unpadded) tokens of `texts`.
-
-    Runs onnxruntime once on a copy of the graph that also outputs every weight
-    MatMul's input.
-
-    Returns:
-        {MatMul node name: its `ActivationStats`}.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    nodes = weight_matmuls(model_path)
-    tensors = list(dict.fromkeys(t for _, t in nodes))
-    proto = onnx.load(str(model_path))
-    for name in tensors:
-        proto.graph.output.append(
-            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        )
-    probe_dir = model_path.parent / f".probe-{os.getpid()}"
-    probe_dir.mkdir(exist_ok=True)
-    try:
-        probe = probe_dir / "probe.onnx"
-        onnx.save_model(proto, str(probe), save_as_external_data=True, location="probe.onnx.data")
-        del proto
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = encoder.session.get_session_options().intra_op_num_threads
-        session = ort.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
-        low = dict.fromkeys(tensors, np.inf)
-        high = dict.fromkeys(tensors, -np.inf)
-        counts = dict.fromkeys(tensors, 0)
-        grams: dict[str, np.ndarray] = {}  # XᵀX; its trace is the sum of squares
-        sample = list(texts)[:_PROBE_TEXTS]
-        for start in range(0, len(sample), _PROBE_BATCH):
-            feeds = encoder.features(sample[start : start + _PROBE_BATCH])
-            real = feeds["attention_mask"].astype(bool)
-            for name, x in zip(tensors, session.run(tensors, feeds), strict=True):
-                values = real_rows(x, real)
-                low[name] = min(low[name], float(values.min()))
-                high[name] = max(high[name], float(values.max()))
-                counts[name] += values.size
-                v64 = values.astype(np.float64)
-                grams[name] = grams.get(name, 0.0) + v64.T @ v64
-    finally:
-        shutil.rmtree(probe_dir, ignore_errors=True)
-    stats = {
-        t: ActivationStats(
-            (high[t] - low[t]) / max(np.sqrt(np.trace(grams[t]) / max(counts[t], 1)), 1e-12),
-            grams[t],
-        )
-        for t in tensors
-    }
-    return {node: stats[t] for node, t in nodes}
-
-
-Rounded = dict[str, tuple[np.ndarray, np.ndarray]]  # MatMul → (int8 weight, scales)
-
-
-def gptq_round(
-    weight: np.ndarray, gram: np.ndarray, *, bits: int = 7, damp: float = 0.01
-) -> tuple[np.ndarray, np.ndarray]:
-    """Round a MatMul weight to signed `bits`-bit integers per output column, GPTQ-style.
-
-    For ``y = x @ weight`` (weight ``[in, out]``), input rows are rounded one at a time
-    and each row's rounding error is spread over the rows not yet rounded so as to
-    minimise ``‖X @ weight − X @ q‖²`` for the inputs whose Gram matrix is `gram`
-    (Frantar et al., "GPTQ", 2022, without its blocking: these matrices are small).
-    Scales are per output column, ``max|w| / (2^(bits−1) − 1)`` of the original weight.
-
-    Args:
-        weight: float ``[in, out]``.
-        gram: ``XᵀX`` of real inputs, ``[in, in]``.
-        bits: Integer width (7: the range onnxruntime's u8×s8 kernels cannot overflow).
-        damp: Added to the Gram diagonal, as a fraction of its mean, for stability.
-
-    Returns:
-        (int8 ``[in, out]``, float32 scales ``[out]``); ``q * scales`` approximates
-        `weight`.
-    """
-    top = 2 ** (bits - 1) - 1
-    w = weight.astype(np.float64).copy()
-    scales = np.maximum(np.abs(w).max(axis=0), 1e-12) / top
-    h = gram.astype(np.float64).copy()
-    dead = np.diag(h) == 0  # inputs that were always zero: their weights never matter
-    h[dead, dead] = 1.0
-    w[dead, :] = 0.0
-    h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
-    # Upper Cholesky factor of H⁻¹: row i holds how row i's error moves rows after it.
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
-    q = np.empty(w.shape, dtype=np.int8)
-    for i in range(w.shape[0]):
-        row = np.clip(np.round(w[i] / scales), -top, top)
-        q[i] = row
-        error = (w[i] - row * scales) / hinv[i, i]
-        w[i + 1 :] -= np.outer(hinv[i, i + 1 :], error)
-    return q, scales.astype(np.float32)
-
-
-def per_token_int8(proto: Any, rounded: Rounded, exclude: Sequence[str] = ()) -> int:
-    """Rewrite weight MatMuls of `proto` (in place) to per-token int8 activations.
-
-    Each ``y = MatMul(x, W)`` named in `rounded` (and not in `exclude`) becomes::
-
-        s  = max(max(x), −min(x)) / 127 over the last axis (one scale per token)
-        xq = QuantizeLinear(x / s, 1, 128)                      uint8
-        y  = MatMulIntegerToFloat(xq, q, 1, scales, 128, 0) · s
-
-    with ``(q, scales)`` from `rounded` (e.g. `gptq_round`). Weights no node uses any
-    more are removed.
-
-    Returns:
-        How many MatMuls were rewritten.
-    """
-    from onnx import helper, numpy_helper
-
-    graph = proto.graph
-    consts: dict[str, np.ndarray] = {
-        "pt_inv127": np.array(1 / 127, np.float32),
-        "pt_eps": np.array(1e-12, np.float32),
-        "pt_one": np.array(1.0, np.float32),
-        "pt_zero_point": np.array(128, np.uint8),
-    }
-    added = [numpy_helper.from_array(v, k) for k, v in consts.items()]
-    skip = set(exclude)
-    nodes, done = [], 0
-    quantized: dict[str, tuple[str, str]] = {}  # input → (its int8 tensor, its scales)
-    for node in graph.node:
-        if node.op_type != "MatMul" or node.name not in rounded or node.name in skip:
-            nodes.append(node)
-            continue
-        q, scales = rounded[node.name]
-        p = f"{node.name}/pt"
-        added += [
-            numpy_helper.from_array(q, f"{p}/W"),
-            numpy_helper.from_array(scales, f"{p}/W_scale"),
-            numpy_helper.from_array(np.zeros(q.shape[1], np.int8), f"{p}/W_zero_point"),
-        ]
-        x, y = node.input[0], node.output[0]
-        if x not in quantized:  # query, key and value projections share one input
-            quantized[x] = (f"{p}/xq", f"{p}/scale")
-            nodes += [
-                helper.make_node("ReduceMax", [x], [f"{p}/hi"], axes=[-1], keepdims=1),
-                helper.make_node("ReduceMin", [x], [f"{p}/lo"], axes=[-1], keepdims=1),
-                helper.make_node("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
-                helper.make_node("Max", [f"{p}/hi", f"{p}/neg_lo", "pt_eps"], [f"{p}/absmax"]),
-                helper.make_node("Mul", [f"{p}/absmax", "pt_inv127"], [f"{p}/scale"]),
-                helper.make_node("Div", [x, f"{p}/scale"], [f"{p}/scaled"]),
-                helper.make_node(
-                    "QuantizeLinear", [f"{p}/scaled", "pt_one", "pt_zero_point"], [f"{p}/xq"]
-                ),
-            ]
-        xq, x_scale = quantized[x]
-        nodes += [
-            helper.make_node(
-                "MatMulIntegerToFloat",
-                [xq, f"{p}/W", "pt_one", f"{p}/W_scale", "pt_zero_point", f"{p}/W_zero_point"],
-                [f"{p}/y"],
-                domain="com.microsoft",
-            ),
-            helper.make_node("Mul", [f"{p}/y", x_scale], [y], name=node.name),
-        ]
-        done += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(added)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    if not any(op.domain == "com.microsoft" for op in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return done
-
-
-class _NoPreprocessHint(logging.Filter):
-    """Drops onnxruntime's "Please consider to run pre-processing" warning, which it
-    logs on the root logger at every quantization (seven times in a default run). The
-    pre-processing it means (shape inference, graph fusions before quantizing) is not
-    needed for dynamic quantization, and onnxruntime's transformer fusions brought no
-    speed here (see the README)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
-
-
-def round_weights(model_path: Path, stats: dict[str, ActivationStats]) -> Rounded:
-    """GPTQ-round the weight of every MatMul in `stats` (see `gptq_round`).
-
-    Returns:
-        {MatMul node name: (int8 weight, per-column scales)}.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(model_path))
-    weights = {init.name: init for init in proto.graph.initializer}
-    rounded: Rounded = {}
-    for node in proto.graph.node:
-        if node.op_type == "MatMul" and node.name in stats and node.input[1] in weights:
-            weight = numpy_helper.to_array(weights[node.input[1]])
-            if weight.ndim == 2:
-                rounded[node.name] = gptq_round(weight, stats[node.name].gram)
-    return rounded
-
-
-def quantize_tables(src: Path, dst: Path) -> None:
-    """Write `src` with its embedding tables (``Gather``) in int8, weight-only, by
-    ``quantize_dynamic``; the MatMuls are left to `write_int8`."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    hint = _NoPreprocessHint()
-    logging.getLogger().addFilter(hint)
-    try:
-        quantize_dynamic(
-            src,
-            dst,
-            op_types_to_quantize=["Gather"],
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=_external(src),
-        )
-    finally:
-        logging.getLogger().removeFilter(hint)
-
-
-def write_int8(tables: Path, dst: Path, exclude: Sequence[str], rounded: Rounded) -> None:
-    """Write the int8 graph: `tables` (from `quantize_tables`, left as it is) with every
-    MatMul in `rounded` but those in `exclude` as per-token int8."""
-    import onnx
-
-    proto = onnx.load(str(tables))
-    per_token_int8(proto, rounded, exclude)
-    if _external(tables):
-        onnx.save_model(proto, str(dst), save_as_external_data=True, location=dst.name + ".data")
-    else:
-        onnx.save_model(proto, str(dst))
-
-
-def _external(model: Path) -> bool:
-    return model.with_name(model.name + ".data").is_file()
 
 
 @dataclass
@@ -513,88 +230,184 @@ def quantize_int8(
         )
     fp32 = OnnxEncoder(folder, name=folder.name)
     ref, fp32_speed = timed_encode(lambda t: fp32.encode(t, batch_size=batch_size), checked)
-    stats = activation_stats(src, fp32, checked)
-    ranges = {node: float(s.range_ratio) for node, s in stats.items()}
-    ranked = sorted(ranges, key=lambda node: -ranges[node])
-    rounded = round_weights(src, stats)
-    del stats  # the Gram matrices: 0.1 GB for MiniLM, 1 GB for MPNet
-    # GPTQ fits the weights to the first _PROBE_TEXTS texts; the cosine is measured on
-    # the others when there are enough of them.
-    held = slice(_PROBE_TEXTS, None) if len(checked) >= _PROBE_TEXTS + 16 else slice(None)
+    calibration = calibrate(src, fp32, checked)
     tmp = folder / ONNX_DIR / f".int8-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tables = tmp / "tables" / INT8_FILE  # the same for every trial: quantized once
+    trials = _Trials(folder, tmp, calibration, checked, ref, batch_size)
+    report = _setup_report(folder, gate, calibration, trials, fp32_speed)
+    try:
+        trials.quantize_tables(src)
+        made = _search(trials.run, len(calibration.ranked), gate.min_cosine, max_trials)
+        best = _best(made, gate.min_cosine)
+        report.update(_trials_report(made, best, calibration, fp32_speed))
+        report.update(judge(gate, best, fp32, folder))
+        _write(folder, best, report["written"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _record(folder, report)
+    return report
 
-    def try_keep(keep: int) -> _Trial:
-        path = tmp / str(keep) / INT8_FILE
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the check texts tell about the fp32 graph's weight MatMuls.
+
+    Attributes:
+        ranked: Weight MatMul names, most outlying inputs first (the first kept fp32).
+        ranges: {MatMul: (max − min) / RMS of its inputs}.
+        rounded: {MatMul: GPTQ-rounded int8 weight and per-column scales}.
+    """
+
+    ranked: list[str]
+    ranges: dict[str, float]
+    rounded: Rounded
+
+
+def calibrate(src: Path, fp32: OnnxEncoder, texts: Sequence[str]) -> Calibration:
+    """Stages 1 and 2: collect each weight MatMul's inputs on the first `PROBE_TEXTS`
+    texts, rank the MatMuls by outliers and GPTQ-round their weights.
+
+    The Gram matrices (about 0.1 GB for MiniLM, 1 GB for MPNet) are dropped on return.
+    """
+    stats = activation_stats(src, fp32, texts)
+    ranges = {node: float(s.range_ratio) for node, s in stats.items()}
+    ranked = sorted(ranges, key=lambda node: -ranges[node])
+    return Calibration(ranked, ranges, round_weights(src, stats))
+
+
+class _Trials:
+    """Stage 3 and the trials of stage 4: int8 graphs with some MatMuls kept in fp32,
+    written under `work` and measured against the fp32 embeddings `ref`.
+
+    GPTQ fits the weights to the first `PROBE_TEXTS` texts, so the cosine is measured
+    on the others when there are enough of them, else on all.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        work: Path,
+        calibration: Calibration,
+        texts: list[str],
+        ref: np.ndarray,
+        batch_size: int,
+    ) -> None:
+        self.folder, self.work, self.calibration = folder, work, calibration
+        self.texts, self.ref, self.batch_size = texts, ref, batch_size
+        enough = len(texts) >= PROBE_TEXTS + _MIN_COSINE_TEXTS
+        self.held = slice(PROBE_TEXTS, None) if enough else slice(None)
+        self.tables = work / "tables" / INT8_FILE  # the same for every trial
+
+    def quantize_tables(self, src: Path) -> None:
+        """Store the embedding tables of `src` in int8, once for all trials."""
+        self.tables.parent.mkdir(parents=True)
+        quantize_tables(src, self.tables)
+
+    def run(self, keep: int) -> _Trial:
+        """Write and measure the int8 graph with the `keep` most outlying MatMuls in fp32."""
+        path = self.work / str(keep) / INT8_FILE
         path.parent.mkdir(parents=True)
-        write_int8(tables, path, ranked[:keep], rounded)
-        int8 = OnnxEncoder(folder, name=folder.name, quantized=True, model_file=path)
-        vecs, speed = timed_encode(lambda t: int8.encode(t, batch_size=batch_size), checked)
-        cos = cosines(vecs[held], ref[held])
+        write_int8(self.tables, path, self.calibration.ranked[:keep], self.calibration.rounded)
+        int8 = OnnxEncoder(self.folder, name=self.folder.name, quantized=True, model_file=path)
+        vecs, speed = timed_encode(lambda t: int8.encode(t, batch_size=self.batch_size), self.texts)
+        cos = cosines(vecs[self.held], self.ref[self.held])
         size = files_mb(list(path.parent.iterdir()))
         logger.info("int8 with %d MatMuls in fp32: cosine %.4f", keep, cos.mean())
         # The encoder is not kept: each holds two onnxruntime sessions whose memory
-        # arenas grow to a batch's activations; keeping the seven trials of a default
-        # run alive took quantization to a 14.5 GB peak.
+        # arenas grow to a batch's activations, and trials would add them up.
         return _Trial(keep, path, speed, float(cos.mean()), float(cos.min()), size)
 
-    report: dict[str, Any] = {
+
+def _setup_report(
+    folder: Path,
+    gate: QualityGate,
+    calibration: Calibration,
+    trials: _Trials,
+    fp32_speed: float,
+) -> dict[str, Any]:
+    """The report's entries known before any trial: settings, texts, the fp32 model."""
+    return {
         "path": str(folder / ONNX_DIR / INT8_FILE),
         "settings": {
             "op_types": list(_OP_TYPES),
             "activations": "per token, symmetric 8-bit",
             "weights": "per output channel, 7-bit, GPTQ-rounded",
         },
-        "num_texts": len(checked),
-        "calibration_texts": min(len(checked), _PROBE_TEXTS),
-        "cosine_texts": len(ref[held]),
-        "weight_matmuls": len(ranked),
+        "num_texts": len(trials.texts),
+        "calibration_texts": min(len(trials.texts), PROBE_TEXTS),
+        "cosine_texts": len(trials.ref[trials.held]),
+        "weight_matmuls": len(calibration.ranked),
         "fp32_size_mb": round(files_mb(onnx_files(folder, FP32_FILE)), 1),
         "fp32_docs_per_s": round(fp32_speed, 1),
         "min_cosine": gate.min_cosine,
     }
-    try:
-        tables.parent.mkdir(parents=True)
-        quantize_tables(src, tables)
-        trials = _search(try_keep, len(ranked), gate.min_cosine, max_trials)
-        report["trials"] = [t.row() for t in trials]
-        good = [t for t in trials if t.cosine_mean >= gate.min_cosine]
-        best = min(good, key=lambda t: t.keep) if good else max(trials, key=lambda t: t.cosine_mean)
-        report.update(
-            cosine_mean=round(best.cosine_mean, 5),
-            cosine_min=round(best.cosine_min, 5),
-            size_mb=round(best.size_mb, 1),
-            int8_docs_per_s=round(best.docs_per_s, 1),
-            speedup=round(best.docs_per_s / fp32_speed, 2),
-            fp32_nodes=ranked[: best.keep],
-            fp32_node_ranges={n: round(ranges[n], 1) for n in ranked[: best.keep]},
+
+
+def _best(trials: list[_Trial], min_cosine: float) -> _Trial:
+    """The passing trial with fewest fp32 MatMuls, else the one with the best cosine."""
+    good = [t for t in trials if t.cosine_mean >= min_cosine]
+    return min(good, key=lambda t: t.keep) if good else max(trials, key=lambda t: t.cosine_mean)
+
+
+def _trials_report(
+    trials: list[_Trial], best: _Trial, calibration: Calibration, fp32_speed: float
+) -> dict[str, Any]:
+    """The report's entries on the trials made and the best one."""
+    kept = calibration.ranked[: best.keep]
+    return {
+        "trials": [t.row() for t in trials],
+        "cosine_mean": round(best.cosine_mean, 5),
+        "cosine_min": round(best.cosine_min, 5),
+        "size_mb": round(best.size_mb, 1),
+        "int8_docs_per_s": round(best.docs_per_s, 1),
+        "speedup": round(best.docs_per_s / fp32_speed, 2),
+        "fp32_nodes": kept,
+        "fp32_node_ranges": {n: round(calibration.ranges[n], 1) for n in kept},
+    }
+
+
+def judge(gate: QualityGate, best: _Trial, fp32: OnnxEncoder, folder: Path) -> dict[str, Any]:
+    """Stage 4's verdict on the best trial: the retrieval check (when the cosine passes
+    and `gate` has an evaluation), then `gate_decision`.
+
+    Returns:
+        Report entries: ``reason``, ``written`` and, after a retrieval check,
+        ``metric``, ``fp32_score``, ``int8_score`` and ``relative_drop``.
+    """
+    entries: dict[str, Any] = {}
+    fp32_score = int8_score = None
+    if best.cosine_mean >= gate.min_cosine and gate.evaluate is not None:
+        int8 = OnnxEncoder(folder, name=folder.name, quantized=True, model_file=best.path)
+        fp32_score, int8_score = gate.evaluate(fp32), gate.evaluate(int8)
+        entries.update(
+            metric=gate.metric,
+            fp32_score=round(fp32_score, 5),
+            int8_score=round(int8_score, 5),
+            relative_drop=round((fp32_score - int8_score) / max(fp32_score, 1e-12), 5),
         )
-        fp32_score = int8_score = None
-        if good and gate.evaluate is not None:
-            int8 = OnnxEncoder(folder, name=folder.name, quantized=True, model_file=best.path)
-            fp32_score, int8_score = gate.evaluate(fp32), gate.evaluate(int8)
-            report.update(
-                metric=gate.metric,
-                fp32_score=round(fp32_score, 5),
-                int8_score=round(int8_score, 5),
-                relative_drop=round((fp32_score - int8_score) / max(fp32_score, 1e-12), 5),
-            )
-        passed, report["reason"] = gate_decision(gate, best.cosine_mean, fp32_score, int8_score)
-        report["written"] = passed
-        for old in onnx_files(folder, INT8_FILE):
-            old.unlink(missing_ok=True)
-        if passed:
-            files = sorted(best.path.parent.iterdir(), key=lambda p: p.suffix == ".onnx")
-            for path in files:  # external data first, graph last
-                os.replace(path, folder / ONNX_DIR / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    keys = ("written", "reason", "cosine_mean", "size_mb", "speedup")
-    entry = {k: report.get(k) for k in keys}
-    update_manifest(folder, **{INT8_FILE: entry})
+    passed, entries["reason"] = gate_decision(gate, best.cosine_mean, fp32_score, int8_score)
+    entries["written"] = passed
+    return entries
+
+
+def _write(folder: Path, best: _Trial, passed: bool) -> None:
+    """Stage 5: delete the previous int8 model; move the best trial's in if it passed.
+
+    The external data file moves first and the graph last, so the graph never points
+    at data that is not there yet.
+    """
+    for old in onnx_files(folder, INT8_FILE):
+        old.unlink(missing_ok=True)
     if passed:
+        for path in sorted(best.path.parent.iterdir(), key=lambda p: p.suffix == ".onnx"):
+            os.replace(path, folder / ONNX_DIR / path.name)
+
+
+def _record(folder: Path, report: dict[str, Any]) -> None:
+    """Put the verdict into ``onnx/manifest.json`` and log it."""
+    keys = ("written", "reason", "cosine_mean", "size_mb", "speedup")
+    update_manifest(folder, **{INT8_FILE: {k: report.get(k) for k in keys}})
+    if report["written"]:
         logger.info("wrote %s: %s", report["path"], report["reason"])
     else:
         logger.warning("int8 model refused, not written: %s", report["reason"])
-    return report

@@ -11,20 +11,9 @@ import numpy as np
 import pytest
 
 from distill.export import export_onnx
-from distill.quantize import (
-    QualityGate,
-    _search,
-    _Trial,
-    activation_stats,
-    gate_decision,
-    gptq_round,
-    quantize_int8,
-    quantize_tables,
-    real_rows,
-    round_weights,
-    weight_matmuls,
-    write_int8,
-)
+from distill.gptq import activation_stats, gptq_round, real_rows, round_weights, weight_matmuls
+from distill.int8_graph import quantize_tables, write_int8
+from distill.quantize import QualityGate, _search, _Trial, gate_decision, quantize_int8
 from search.embed_cache import cache_for, cache_key
 from search.encoder import Encoder, available_backends, load_encoder
 from search.onnx_encoder import OnnxEncoder

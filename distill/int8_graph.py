@@ -1,0 +1,143 @@
+"""The int8 ONNX graph: weight MatMuls on per-token int8 activations, int8 tables.
+
+`quantize_tables` stores the embedding tables (``Gather``) in int8, weight-only, with
+onnxruntime's ``quantize_dynamic``; `write_int8` then rewrites each weight MatMul with
+`per_token_int8`, using weights rounded by `distill.gptq.round_weights`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.gptq import Rounded
+
+__all__ = ["per_token_int8", "quantize_tables", "write_int8"]
+
+
+def per_token_int8(proto: Any, rounded: Rounded, exclude: Sequence[str] = ()) -> int:
+    """Rewrite weight MatMuls of `proto` (in place) to per-token int8 activations.
+
+    Each ``y = MatMul(x, W)`` named in `rounded` (and not in `exclude`) becomes::
+
+        s  = max(max(x), −min(x)) / 127 over the last axis (one scale per token)
+        xq = QuantizeLinear(x / s, 1, 128)                      uint8
+        y  = MatMulIntegerToFloat(xq, q, 1, scales, 128, 0) · s
+
+    with ``(q, scales)`` from `rounded` (e.g. `gptq_round`). Weights no node uses any
+    more are removed.
+
+    Returns:
+        How many MatMuls were rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    consts: dict[str, np.ndarray] = {
+        "pt_inv127": np.array(1 / 127, np.float32),
+        "pt_eps": np.array(1e-12, np.float32),
+        "pt_one": np.array(1.0, np.float32),
+        "pt_zero_point": np.array(128, np.uint8),
+    }
+    added = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    skip = set(exclude)
+    nodes, done = [], 0
+    quantized: dict[str, tuple[str, str]] = {}  # input → (its int8 tensor, its scales)
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.name not in rounded or node.name in skip:
+            nodes.append(node)
+            continue
+        q, scales = rounded[node.name]
+        p = f"{node.name}/pt"
+        added += [
+            numpy_helper.from_array(q, f"{p}/W"),
+            numpy_helper.from_array(scales, f"{p}/W_scale"),
+            numpy_helper.from_array(np.zeros(q.shape[1], np.int8), f"{p}/W_zero_point"),
+        ]
+        x, y = node.input[0], node.output[0]
+        if x not in quantized:  # query, key and value projections share one input
+            quantized[x] = (f"{p}/xq", f"{p}/scale")
+            nodes += [
+                helper.make_node("ReduceMax", [x], [f"{p}/hi"], axes=[-1], keepdims=1),
+                helper.make_node("ReduceMin", [x], [f"{p}/lo"], axes=[-1], keepdims=1),
+                helper.make_node("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
+                helper.make_node("Max", [f"{p}/hi", f"{p}/neg_lo", "pt_eps"], [f"{p}/absmax"]),
+                helper.make_node("Mul", [f"{p}/absmax", "pt_inv127"], [f"{p}/scale"]),
+                helper.make_node("Div", [x, f"{p}/scale"], [f"{p}/scaled"]),
+                helper.make_node(
+                    "QuantizeLinear", [f"{p}/scaled", "pt_one", "pt_zero_point"], [f"{p}/xq"]
+                ),
+            ]
+        xq, x_scale = quantized[x]
+        nodes += [
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [xq, f"{p}/W", "pt_one", f"{p}/W_scale", "pt_zero_point", f"{p}/W_zero_point"],
+                [f"{p}/y"],
+                domain="com.microsoft",
+            ),
+            helper.make_node("Mul", [f"{p}/y", x_scale], [y], name=node.name),
+        ]
+        done += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(added)
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(op.domain == "com.microsoft" for op in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return done
+
+
+class _NoPreprocessHint(logging.Filter):
+    """Drops onnxruntime's "Please consider to run pre-processing" warning, which it
+    logs on the root logger at every quantization. The pre-processing it means (shape
+    inference, graph fusions before quantizing) is not needed to store embedding tables
+    in int8, and onnxruntime's transformer fusions do not speed up this graph
+    (docs/experiments.md)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def quantize_tables(src: Path, dst: Path) -> None:
+    """Write `src` with its embedding tables (``Gather``) in int8, weight-only, by
+    ``quantize_dynamic``; the MatMuls are left to `write_int8`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    hint = _NoPreprocessHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=["Gather"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=_external(src),
+        )
+    finally:
+        logging.getLogger().removeFilter(hint)
+
+
+def write_int8(tables: Path, dst: Path, exclude: Sequence[str], rounded: Rounded) -> None:
+    """Write the int8 graph: `tables` (from `quantize_tables`, left as it is) with every
+    MatMul in `rounded` but those in `exclude` as per-token int8."""
+    import onnx
+
+    proto = onnx.load(str(tables))
+    per_token_int8(proto, rounded, exclude)
+    if _external(tables):
+        onnx.save_model(proto, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    else:
+        onnx.save_model(proto, str(dst))
+
+
+def _external(model: Path) -> bool:
+    return model.with_name(model.name + ".data").is_file()
