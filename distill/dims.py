@@ -14,8 +14,6 @@ which carries little ranking signal but a lot of energy; it is an option
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ import numpy as np
 from distill.export import check_texts, cosines
 from distill.quantize import Evaluation
 from search.assets import model_hash
+from search.atomic import staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -245,13 +244,9 @@ def _encode(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
 
 
 def _save(model: Any, out: Path) -> None:
-    """Save `model` as folder `out`, replacing it whole (temp folder, then rename)."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    """Save `model` as folder `out`, replacing it whole and atomically."""
+    with staged_folder(out) as tmp:
+        model.save(str(tmp))
 
 
 def _scores(evaluate: Evaluation, folder: Path, out: Path) -> dict[str, float]:

@@ -9,7 +9,6 @@ checked against torch's on real texts; an export that disagrees is refused.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -21,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from search.assets import atomic_write_text, model_hash
+from search.assets import model_hash
+from search.atomic import atomic_write_json
 from search.onnx_encoder import (
     FP32_FILE,
     INPUT_NAMES,
@@ -274,7 +274,7 @@ def timed_encode(
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Write ``onnx/manifest.json`` atomically, readable by all like the model files."""
     path = folder / ONNX_DIR / MANIFEST
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(path, manifest)
     path.chmod(0o644)
 
 
