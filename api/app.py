@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api.batching import MicroBatcher, OverloadedError
-from api.engine import EngineHolder, engine_for, load_engine
+from api.loaded_index import IndexHolder, load_index, loaded_index_for
 from api.metrics import Metrics
+from api.microbatch import MicroBatcher, OverloadedError
 from api.middleware import BodyGuardMiddleware, MetricsMiddleware
 from api.openapi import openapi_with_limits
 from api.routes import admin, documents, health, info, search, ui
@@ -85,19 +85,19 @@ def create_app(settings: Settings, *, retriever: Retriever | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder = EngineHolder()
+        holder = IndexHolder()
         if retriever is not None:
-            engine = engine_for(retriever)
+            loaded = loaded_index_for(retriever)
         else:
-            engine = await run_in_threadpool(
-                load_engine,
+            loaded = await run_in_threadpool(
+                load_index,
                 settings.index_dir,
                 model=settings.model,
                 backend=settings.backend,
                 threads=settings.threads_per_worker(),
             )
-        _set_torch_threads(settings, engine.retriever.encoder.backend)
-        holder.swap(engine)
+        _set_torch_threads(settings, loaded.retriever.encoder.backend)
+        holder.swap(loaded)
         batcher = MicroBatcher(
             max_batch=settings.batch_max_size,
             max_wait_ms=settings.batch_max_wait_ms,
@@ -109,7 +109,7 @@ def create_app(settings: Settings, *, retriever: Retriever | None = None) -> Fas
         )
         batcher.start()
         service = Service(settings, holder, batcher, metrics)
-        service.observe_engine(engine)
+        service.observe_index(loaded)
         app.state.service = service
         try:
             yield

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-from api.engine import Engine, NotLoadedError
+from api.loaded_index import LoadedIndex, NotLoadedError
 from api.service import Service
 from api.settings import Settings
 
@@ -36,19 +36,19 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_engine(service: ServiceDep) -> AsyncIterator[Engine]:
-    """A lease on the current engine for the whole request (a reload cannot close it)."""
+async def get_index(service: ServiceDep) -> AsyncIterator[LoadedIndex]:
+    """A lease on the current index for the whole request (a reload cannot close it)."""
     try:
-        engine = service.holder.acquire()
+        loaded = service.holder.acquire()
     except NotLoadedError as exc:
         raise HTTPException(status_code=503, detail=f"{exc}; retry shortly") from exc
     try:
-        yield engine
+        yield loaded
     finally:
-        service.holder.release(engine)
+        service.holder.release(loaded)
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+IndexDep = Annotated[LoadedIndex, Depends(get_index)]
 
 
 async def require_admin(

@@ -1,7 +1,7 @@
 """The OpenAPI schema with this server's limits written in.
 
-Limits come from `Settings`, so the request models cannot carry them; the routes
-check them (422), and this fills them into the published schema, so clients — and
+Limits come from `Settings`, so the request models cannot carry them; `api.validation`
+checks them (422), and this fills them into the published schema, so clients — and
 schema-driven fuzzers — see exactly what is accepted.
 """
 

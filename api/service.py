@@ -19,9 +19,9 @@ import faiss
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from api.batching import MicroBatcher
-from api.engine import Engine, EngineHolder, load_engine
+from api.loaded_index import IndexHolder, LoadedIndex, load_index
 from api.metrics import Metrics
+from api.microbatch import MicroBatcher
 from api.schemas import (
     BatchSearchResponse,
     DocumentIn,
@@ -53,24 +53,24 @@ class Service:
 
     Attributes:
         settings: Service settings.
-        holder: The current engine, leased to requests.
+        holder: The current index, leased to requests.
         batcher: Encodes dense queries in micro-batches on its own thread.
         metrics: This app's Prometheus metrics.
         admin_lock: Serialises reloads and document updates.
     """
 
     settings: Settings
-    holder: EngineHolder
+    holder: IndexHolder
     batcher: MicroBatcher
     metrics: Metrics
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def require_bm25(self, engine: Engine, mode: Mode) -> None:
-        if engine.bm25 is None:
+    def require_bm25(self, loaded: LoadedIndex, mode: Mode) -> None:
+        if loaded.bm25 is None:
             raise HTTPException(
                 status_code=400,
                 detail=(
-                    f"mode {mode!r} needs a BM25 index: {engine.bm25_error}. Search with "
+                    f"mode {mode!r} needs a BM25 index: {loaded.bm25_error}. Search with "
                     "mode 'dense', or build it (indexer.update.write_bm25 on the index folder) "
                     "and POST /admin/reload"
                 ),
@@ -78,7 +78,7 @@ class Service:
 
     async def search_request(
         self,
-        engine: Engine,
+        loaded: LoadedIndex,
         query: str,
         k: int | None,
         mode: Mode,
@@ -88,30 +88,30 @@ class Service:
         """Check one query and `k` of a request (in its body or its URL), then search."""
         query_loc, k_loc = _LOCS[source]
         checked = check_query(query, self.settings, query_loc)
-        return await self.search(engine, checked, check_k(k, self.settings, k_loc), mode)
+        return await self.search(loaded, checked, check_k(k, self.settings, k_loc), mode)
 
     async def search_batch(
-        self, engine: Engine, queries: Sequence[str], k: int | None, mode: Mode
+        self, loaded: LoadedIndex, queries: Sequence[str], k: int | None, mode: Mode
     ) -> BatchSearchResponse:
         """Check and search several queries; their dense encodings share micro-batches."""
         checked = check_queries(queries, self.settings)
         hits = check_k(k, self.settings, ("body", "k"))
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(self.search(engine, q, hits, mode) for q in checked))
+        results = await asyncio.gather(*(self.search(loaded, q, hits, mode) for q in checked))
         return BatchSearchResponse(results=list(results), took_ms=1000 * (time.perf_counter() - t0))
 
-    async def search(self, engine: Engine, query: str, k: int, mode: Mode) -> SearchResponse:
-        """Search one (already checked) query with `engine`."""
+    async def search(self, loaded: LoadedIndex, query: str, k: int, mode: Mode) -> SearchResponse:
+        """Search one (already checked) query with `loaded`."""
         t0 = time.perf_counter()
         if mode != "dense":
-            self.require_bm25(engine, mode)
+            self.require_bm25(loaded, mode)
         if mode == "dense":
-            hits, timing = await self._dense(engine, query, k)
+            hits, timing = await self._dense(loaded, query, k)
         elif mode == "bm25":
-            hits, bm25_ms = await run_in_threadpool(self._bm25, engine, query, k)
+            hits, bm25_ms = await run_in_threadpool(self._bm25, loaded, query, k)
             timing = Timing(bm25_ms=bm25_ms)
         else:
-            hits, timing = await self._hybrid(engine, query, k)
+            hits, timing = await self._hybrid(loaded, query, k)
         self.metrics.queries.labels(mode=mode).inc()
         return SearchResponse(
             query=query,
@@ -122,8 +122,8 @@ class Service:
             timing=timing,
         )
 
-    async def _dense(self, engine: Engine, query: str, k: int) -> tuple[list[Hit], Timing]:
-        hits, bt = await self.batcher.search(engine.retriever, query, k)
+    async def _dense(self, loaded: LoadedIndex, query: str, k: int) -> tuple[list[Hit], Timing]:
+        hits, bt = await self.batcher.search(loaded.retriever, query, k)
         return hits, Timing(
             queue_ms=bt.queue_ms,
             encode_ms=bt.encode_ms,
@@ -131,12 +131,12 @@ class Service:
             batch_size=bt.size,
         )
 
-    def _bm25(self, engine: Engine, query: str, k: int) -> tuple[list[Hit], float]:
+    def _bm25(self, loaded: LoadedIndex, query: str, k: int) -> tuple[list[Hit], float]:
         """BM25 hits (runs on a worker thread)."""
-        assert engine.bm25 is not None
+        assert loaded.bm25 is not None
         t0 = time.perf_counter()
-        rows, scores = engine.bm25.search(query, k)
-        docs = engine.retriever.folder.store.by_rows([int(r) for r in rows])
+        rows, scores = loaded.bm25.search(query, k)
+        docs = loaded.retriever.folder.store.by_rows([int(r) for r in rows])
         hits = [
             Hit(docs[int(r)][0], float(s), docs[int(r)][1], docs[int(r)][2])
             for r, s in zip(rows, scores, strict=True)
@@ -146,12 +146,12 @@ class Service:
         self.metrics.search.labels(kind="bm25").observe(seconds)
         return hits, 1000 * seconds
 
-    async def _hybrid(self, engine: Engine, query: str, k: int) -> tuple[list[Hit], Timing]:
+    async def _hybrid(self, loaded: LoadedIndex, query: str, k: int) -> tuple[list[Hit], Timing]:
         s = self.settings
         depth = max(k, s.hybrid_depth)
         (dense, timing), (sparse, bm25_ms) = await asyncio.gather(
-            self._dense(engine, query, depth),
-            run_in_threadpool(self._bm25, engine, query, depth),
+            self._dense(loaded, query, depth),
+            run_in_threadpool(self._bm25, loaded, query, depth),
         )
         t0 = time.perf_counter()
         by_id = {h.id: h for h in (*sparse, *dense)}
@@ -167,40 +167,40 @@ class Service:
         self.metrics.search.labels(kind="fusion").observe(seconds)
         return hits, timing.model_copy(update={"bm25_ms": bm25_ms, "fusion_ms": 1000 * seconds})
 
-    async def document(self, engine: Engine, doc_id: str) -> DocumentOut:
+    async def document(self, loaded: LoadedIndex, doc_id: str) -> DocumentOut:
         """One document by id.
 
         Raises:
             HTTPException: 404 when the index holds no such document.
         """
-        found = await run_in_threadpool(engine.retriever.folder.store.by_id, doc_id)
+        found = await run_in_threadpool(loaded.retriever.folder.store.by_id, doc_id)
         if found is None:
             raise HTTPException(status_code=404, detail=f"no document with id {doc_id!r}")
         _, title, text = found
         return DocumentOut(id=doc_id, title=title, text=text)
 
-    async def upsert(self, engine: Engine, docs: Sequence[DocumentIn]) -> UpdateResult:
+    async def upsert(self, loaded: LoadedIndex, docs: Sequence[DocumentIn]) -> UpdateResult:
         """Check and add documents, or replace those whose id exists, then reload.
 
-        Encodes with `engine`'s encoder in its bulk form (`search.encoder.bulk_encoder`),
+        Encodes with `loaded`'s encoder in its bulk form (`search.encoder.bulk_encoder`),
         so the upsert's batches do not queue ahead of queries'.
         """
         triples = check_documents(docs, self.settings)
-        encoder = bulk_encoder(engine.retriever.encoder)
+        encoder = bulk_encoder(loaded.retriever.encoder)
         index_dir = self.settings.index_dir
         async with self.admin_lock:
             return await self._write(
                 lambda: upsert_documents(index_dir, triples, encoder, bm25=True)
             )
 
-    async def delete(self, engine: Engine, doc_id: str) -> UpdateResult:
+    async def delete(self, loaded: LoadedIndex, doc_id: str) -> UpdateResult:
         """Delete one document, then reload.
 
         Raises:
             HTTPException: 404 when the index holds no such document.
         """
         async with self.admin_lock:
-            current = self.holder.current or engine
+            current = self.holder.current or loaded
             if await run_in_threadpool(current.retriever.folder.store.by_id, doc_id) is None:
                 raise HTTPException(status_code=404, detail=f"no document with id {doc_id!r}")
             index_dir = self.settings.index_dir
@@ -220,15 +220,15 @@ class Service:
             raise HTTPException(status_code=409, detail=str(exc)) from exc
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
-        engine = await self.reload()
+        loaded = await self.reload()
         missing = result.get("missing", 0)
         return UpdateResult(
             added=int(result.get("added", 0)),
             replaced=int(result.get("replaced", 0)),
             deleted=int(result.get("deleted", 0)),
             missing=len(missing) if isinstance(missing, list) else int(missing),
-            count=int(result.get("count", engine.retriever.folder.count)),
-            generation=engine.generation,
+            count=int(result.get("count", loaded.retriever.folder.count)),
+            generation=loaded.generation,
             took_ms=1000 * (time.perf_counter() - t0),
         )
 
@@ -240,20 +240,20 @@ class Service:
         """
         t0 = time.perf_counter()
         async with self.admin_lock:
-            engine = await self.reload()
+            loaded = await self.reload()
         return ReloadResult(
-            generation=engine.generation,
-            index_dir=str(engine.index_dir),
-            count=engine.retriever.folder.count,
-            bm25=engine.bm25 is not None,
+            generation=loaded.generation,
+            index_dir=str(loaded.index_dir),
+            count=loaded.retriever.folder.count,
+            bm25=loaded.bm25 is not None,
             took_ms=1000 * (time.perf_counter() - t0),
         )
 
-    async def reload(self) -> Engine:
+    async def reload(self) -> LoadedIndex:
         """Load the index folder again, completely, then swap it in.
 
-        Call with `admin_lock` held. Requests keep the engine they leased; the old
-        engine closes when the last of them ends.
+        Call with `admin_lock` held. Requests keep the index they leased; the old
+        one closes when the last of them ends.
 
         Raises:
             HTTPException: 409 when the folder cannot be loaded (the old index stays).
@@ -262,7 +262,7 @@ class Service:
         s = self.settings
         try:
             new = await run_in_threadpool(
-                load_engine,
+                load_index,
                 s.index_dir,
                 model=s.model,
                 backend=s.backend,
@@ -277,7 +277,7 @@ class Service:
                 status_code=409, detail=f"cannot load {s.index_dir}: {exc}{kept}"
             ) from exc
         self.holder.swap(new)
-        self.observe_engine(new)
+        self.observe_index(new)
         logger.info(
             "serving %s, generation %d (%d documents, bm25: %s)",
             new.index_dir,
@@ -287,17 +287,17 @@ class Service:
         )
         return new
 
-    def observe_engine(self, engine: Engine) -> None:
-        self.metrics.index_documents.set(engine.retriever.folder.count)
-        self.metrics.index_generation.set(engine.generation)
+    def observe_index(self, loaded: LoadedIndex) -> None:
+        self.metrics.index_documents.set(loaded.retriever.folder.count)
+        self.metrics.index_generation.set(loaded.generation)
 
-    def info(self, engine: Engine) -> Info:
+    def info(self, loaded: LoadedIndex) -> Info:
         """The model, the index (type, size, manifest), BM25 and the service's limits."""
-        r = engine.retriever
+        r = loaded.retriever
         index = r.folder.index
         inner = getattr(faiss.downcast_index(index), "index", None)
         s = self.settings
-        bm25 = engine.bm25
+        bm25 = loaded.bm25
         return Info(
             model={
                 "name": r.encoder.name,
@@ -320,7 +320,7 @@ class Service:
                 "available": bm25 is not None,
                 "size": bm25.count if bm25 is not None else 0,
                 "stemmer": bm25.meta.get("stemmer") if bm25 is not None else None,
-                "reason": engine.bm25_error,
+                "reason": loaded.bm25_error,
                 "hybrid": {
                     "fusion": s.hybrid_fusion,
                     "weight": s.hybrid_weight,
@@ -337,6 +337,6 @@ class Service:
                 "batch_max_wait_ms": s.batch_max_wait_ms,
             },
             manifest=r.folder.manifest,
-            generation=engine.generation,
-            loaded_at=engine.loaded_at,
+            generation=loaded.generation,
+            loaded_at=loaded.loaded_at,
         )

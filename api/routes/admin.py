@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import AdminDep, EngineDep, ServiceDep
+from api.deps import AdminDep, IndexDep, ServiceDep
 from api.schemas import ADMIN_ERRORS, ErrorOut, ReloadResult, UpdateResult, UpsertRequest
 
 router = APIRouter(tags=["admin"], dependencies=[AdminDep])
@@ -22,12 +22,12 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/documents", response_model=UpdateResult, responses=ADMIN_ERRORS)
-async def upsert(body: UpsertRequest, engine: EngineDep, service: ServiceDep) -> UpdateResult:
+async def upsert(body: UpsertRequest, loaded: IndexDep, service: ServiceDep) -> UpdateResult:
     """Add documents, or replace those whose id exists; they are searchable on return.
 
     When one request repeats an id, the last of its documents wins.
     """
-    return await service.upsert(engine, body.documents)
+    return await service.upsert(loaded, body.documents)
 
 
 @router.delete(
@@ -35,9 +35,9 @@ async def upsert(body: UpsertRequest, engine: EngineDep, service: ServiceDep) ->
     response_model=UpdateResult,
     responses={**ADMIN_ERRORS, **_NOT_FOUND},
 )
-async def delete(doc_id: str, engine: EngineDep, service: ServiceDep) -> UpdateResult:
+async def delete(doc_id: str, loaded: IndexDep, service: ServiceDep) -> UpdateResult:
     """Remove one document; it is gone from search results on return."""
-    return await service.delete(engine, doc_id)
+    return await service.delete(loaded, doc_id)
 
 
 @router.post("/admin/reload", response_model=ReloadResult, responses=ADMIN_ERRORS)

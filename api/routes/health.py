@@ -19,7 +19,7 @@ async def health() -> Health:
 @router.get("/ready", response_model=Ready, responses={503: ERRORS[503]})
 async def ready(service: ServiceDep) -> Ready:
     """The model and the index are loaded: searches will be answered."""
-    engine = service.holder.current
-    if engine is None:
+    loaded = service.holder.current
+    if loaded is None:
         raise HTTPException(status_code=503, detail="the index is not loaded yet")
-    return Ready(status="ready", generation=engine.generation, count=engine.retriever.folder.count)
+    return Ready(status="ready", generation=loaded.generation, count=loaded.retriever.folder.count)

@@ -1,9 +1,9 @@
 """What the service searches with, and how it is swapped without failing a request.
 
-An `Engine` is one loaded index: the dense retriever and, when the folder has one,
-the BM25 index. `EngineHolder` hands out leases on the current engine; `swap`
+A `LoadedIndex` is one loaded index: the dense retriever and, when the folder has one,
+the BM25 index. `IndexHolder` hands out leases on the current index; `swap`
 installs a fully loaded new one in one step. Requests that hold a lease on the old
-engine finish on it, and the old engine is closed when its last lease ends.
+loaded finish on it, and the old index is closed when its last lease ends.
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ logger = logging.getLogger(__name__)
 
 
 class NotLoadedError(RuntimeError):
-    """No engine is installed (the service is starting or stopping)."""
+    """no index is loaded (the service is starting or stopping)."""
 
 
 @dataclass(eq=False)
-class Engine:
+class LoadedIndex:
     """One loaded index.
 
     Attributes:
         retriever: Dense retrieval (encoder + FAISS index + doc store).
         bm25: The BM25 index, or None.
         bm25_error: Why there is no BM25 index (None when there is one).
-        generation: 1 for the first engine, +1 at each swap.
+        generation: 1 for the first index, +1 at each swap.
         owned: Whether the service closes the retriever (False when a caller passed it).
     """
 
@@ -77,7 +77,7 @@ def _warm_up(retriever: Retriever) -> None:
     retriever.encoder.encode(["warm-up"])
 
 
-def load_engine(
+def load_index(
     index_dir: Path,
     *,
     model: str | None = None,
@@ -85,7 +85,7 @@ def load_engine(
     encoder: Encoder | None = None,
     generation: int = 1,
     threads: int | None = None,
-) -> Engine:
+) -> LoadedIndex:
     """Load an index folder (and its BM25 index, if any) completely.
 
     Args:
@@ -94,7 +94,7 @@ def load_engine(
         backend: Encoder backend.
         encoder: An encoder already loaded; reused when its model hash matches the
             index's (a reload of the same model then costs no model load).
-        generation: Generation number to give the engine.
+        generation: Generation number to give the index.
         threads: Encoder threads (see `search.encoder.load_encoder`).
 
     Raises:
@@ -113,60 +113,60 @@ def load_engine(
         )
         _warm_up(retriever)  # a reused encoder has served already
     bm25, error = _load_bm25(index_dir)
-    return Engine(retriever, bm25, error, generation=generation)
+    return LoadedIndex(retriever, bm25, error, generation=generation)
 
 
-def engine_for(retriever: Retriever) -> Engine:
-    """An engine around a retriever the caller owns (the service will not close it)."""
+def loaded_index_for(retriever: Retriever) -> LoadedIndex:
+    """A loaded index around a retriever the caller owns (the service will not close it)."""
     bm25, error = _load_bm25(retriever.folder.path)
-    return Engine(retriever, bm25, error, owned=False)
+    return LoadedIndex(retriever, bm25, error, owned=False)
 
 
-class EngineHolder:
-    """The current engine, leased to requests and swapped atomically."""
+class IndexHolder:
+    """The current index, leased to requests and swapped atomically."""
 
     def __init__(self) -> None:
-        self._engine: Engine | None = None
+        self._current: LoadedIndex | None = None
         self._lock = threading.Lock()
 
     @property
-    def current(self) -> Engine | None:
-        return self._engine
+    def current(self) -> LoadedIndex | None:
+        return self._current
 
-    def acquire(self) -> Engine:
-        """Take a lease on the current engine; pair with `release`.
+    def acquire(self) -> LoadedIndex:
+        """Take a lease on the current index; pair with `release`.
 
         Raises:
-            NotLoadedError: no engine is installed.
+            NotLoadedError: no index is loaded.
         """
         with self._lock:
-            engine = self._engine
-            if engine is None:
+            loaded = self._current
+            if loaded is None:
                 raise NotLoadedError("the index is not loaded")
-            engine.leases += 1
-            return engine
+            loaded.leases += 1
+            return loaded
 
-    def release(self, engine: Engine) -> None:
-        """End a lease; closes a swapped-out engine when its last lease ends."""
+    def release(self, loaded: LoadedIndex) -> None:
+        """End a lease; closes a swapped-out index when its last lease ends."""
         with self._lock:
-            engine.leases -= 1
-            close = engine.retired and engine.leases == 0
+            loaded.leases -= 1
+            close = loaded.retired and loaded.leases == 0
         if close:
-            engine.close()
+            loaded.close()
 
     @contextmanager
-    def lease(self) -> Iterator[Engine]:
-        """The current engine, kept open until the `with` block ends."""
-        engine = self.acquire()
+    def lease(self) -> Iterator[LoadedIndex]:
+        """The current index, kept open until the `with` block ends."""
+        loaded = self.acquire()
         try:
-            yield engine
+            yield loaded
         finally:
-            self.release(engine)
+            self.release(loaded)
 
-    def swap(self, new: Engine | None) -> Engine | None:
-        """Install `new` (None: none); the old engine closes once its leases end."""
+    def swap(self, new: LoadedIndex | None) -> LoadedIndex | None:
+        """Install `new` (None: none); the old index closes once its leases end."""
         with self._lock:
-            old, self._engine = self._engine, new
+            old, self._current = self._current, new
             if old is not None:
                 old.retired = True
             close = old is not None and old.leases == 0

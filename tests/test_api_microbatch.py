@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.batching import MicroBatcher, OverloadedError
+from api.microbatch import MicroBatcher, OverloadedError
 from indexer.build import build_index
 from search.encoder import load_encoder
 from search.retriever import Retriever

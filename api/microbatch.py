@@ -203,7 +203,7 @@ class MicroBatcher:
     def _process(self, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if not j.future.done()]
         groups: dict[int, list[_Job]] = {}
-        for job in jobs:  # an engine swap can put two retrievers in one batch
+        for job in jobs:  # an index swap can put two retrievers in one batch
             groups.setdefault(id(job.retriever), []).append(job)
         for group in groups.values():
             started = time.perf_counter()
