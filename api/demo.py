@@ -24,7 +24,7 @@ from search.corpus import iter_documents, load_beir
 from search.embed_cache import cache_for
 from search.encoder import load_encoder
 from search.evaluate import evaluate
-from search.index_folder import read_manifest
+from search.index_folder import read_index_manifest
 from search.types import DistilsearchError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _student(data: Path, out: Path, max_minutes: float) -> Path:
 def _index(student: Path, data: Path, out: Path) -> Path:
     encoder = load_encoder(student)
     try:
-        if read_manifest(out)["model"]["hash"] == encoder.model_hash:
+        if read_index_manifest(out)["model"]["hash"] == encoder.model_hash:
             logger.info("index at %s is up to date; skipping", out)
             return out
     except DistilsearchError:

@@ -41,7 +41,7 @@ from search.index_folder import (
     FORMAT_VERSION,
     INDEX_FILE,
     index_chain,
-    read_manifest,
+    read_index_manifest,
 )
 from search.types import DataError, IndexMismatchError, document_text
 
@@ -79,7 +79,7 @@ def _editing(index_dir: Path, *, bm25: bool) -> Iterator[_Edit]:
     """Copy the folder, yield it for editing, then publish it if anything changed."""
     out = index_dir.resolve()
     with writer_lock(out):
-        manifest = read_manifest(out)
+        manifest = read_index_manifest(out)
         tmp = temp_folder(out)
         try:
             shutil.copytree(out, tmp, dirs_exist_ok=True)
@@ -154,7 +154,7 @@ def upsert_documents(
         DataError: `index_dir` is not an index folder.
         IndexMismatchError: `encoder` is not the index's model.
     """
-    _check_encoder(read_manifest(index_dir), encoder, index_dir)
+    _check_encoder(read_index_manifest(index_dir), encoder, index_dir)
     added = replaced = 0
     seen: set[str] = set()
     with _editing(index_dir, bm25=bm25) as edit:
@@ -223,7 +223,7 @@ def write_bm25(index_dir: Path) -> dict[str, Any]:
         raise DataError(f"{index_dir} has no {DOCSTORE_FILE}; build the index folder first")
     out = index_dir.resolve()
     with writer_lock(out):
-        manifest = read_manifest(out)
+        manifest = read_index_manifest(out)
         tmp = temp_folder(out)
         try:
             shutil.copytree(out, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)

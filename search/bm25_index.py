@@ -139,6 +139,27 @@ def has_bm25(index_dir: Path) -> bool:
     return (index_dir / BM25_DIR / META_FILE).is_file()
 
 
+def read_bm25_meta(index_dir: Path) -> dict[str, Any]:
+    """Parse ``bm25/meta.json`` of an index folder.
+
+    Raises:
+        DataError: no BM25 index, or one of an unsupported format.
+    """
+    folder = index_dir / BM25_DIR
+    if not has_bm25(index_dir):
+        raise DataError(
+            f"{index_dir} has no BM25 index ({BM25_DIR}/{META_FILE} missing); build it with "
+            "`indexer.update.write_bm25(index_dir)`"
+        )
+    meta: dict[str, Any] = json.loads((folder / META_FILE).read_text())
+    if meta.get("format_version") != BM25_FORMAT_VERSION:
+        raise DataError(
+            f"{folder}: BM25 format {meta.get('format_version')} is not supported "
+            f"(expected {BM25_FORMAT_VERSION}); rebuild it with `indexer.update.write_bm25`"
+        )
+    return meta
+
+
 def load_bm25(index_dir: Path, *, verify: bool = True) -> BM25Index:
     """Load ``index_dir/bm25``.
 
@@ -154,17 +175,7 @@ def load_bm25(index_dir: Path, *, verify: bool = True) -> BM25Index:
     import bm25s
 
     folder = index_dir / BM25_DIR
-    if not has_bm25(index_dir):
-        raise DataError(
-            f"{index_dir} has no BM25 index ({BM25_DIR}/{META_FILE} missing); build it with "
-            "`indexer.update.write_bm25(index_dir)`"
-        )
-    meta: dict[str, Any] = json.loads((folder / META_FILE).read_text())
-    if meta.get("format_version") != BM25_FORMAT_VERSION:
-        raise DataError(
-            f"{folder}: BM25 format {meta.get('format_version')} is not supported "
-            f"(expected {BM25_FORMAT_VERSION}); rebuild it with `indexer.update.write_bm25`"
-        )
+    meta = read_bm25_meta(index_dir)
     if verify and meta.get("docs_sha256") != sha256_file(index_dir / DOCSTORE_FILE):
         raise DataError(
             f"{folder} was built from another version of docs.sqlite; rebuild it with "

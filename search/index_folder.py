@@ -197,7 +197,7 @@ def make_search_params(
     return inner, use_sel, keep
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def read_index_manifest(path: Path) -> dict[str, Any]:
     """Parse ``manifest.json`` of an index folder.
 
     Raises:
@@ -221,6 +221,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+# The old name, which api/cli.py and bench/load.py import.
+read_manifest = read_index_manifest
+
+
 def folder_files(folder: Path) -> list[str]:
     """Every file in an index folder except the manifest, as sorted relative POSIX paths."""
     return sorted(
@@ -241,7 +245,7 @@ def verify_folder(path: Path) -> None:
     Raises:
         DataError: a file is missing, changed, or not listed in the manifest.
     """
-    listed: dict[str, str] = read_manifest(path).get("files", {})
+    listed: dict[str, str] = read_index_manifest(path).get("files", {})
     actual = checksums(path)
     problems = [f"{f} missing" for f in sorted(set(listed) - set(actual))]
     problems += [f"{f} not in the manifest" for f in sorted(set(actual) - set(listed))]
@@ -273,14 +277,14 @@ def load_index_folder(path: Path, *, mmap: bool = False) -> IndexFolder:
         DataError: not an index folder.
     """
     for _ in range(_LOAD_TRIES):
-        manifest = read_manifest(path)
+        manifest = read_index_manifest(path)
         # ONDISK_SAME_DIR: find index.ivfdata beside index.faiss wherever the folder moved.
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR
         if mmap and manifest.get("index_class", "").split(">")[-1].startswith("IndexFlat"):
             flags |= faiss.IO_FLAG_MMAP_IFC
         index = faiss.read_index(str(path / INDEX_FILE), flags)
         store = DocStore(path / DOCSTORE_FILE)
-        if read_manifest(path) == manifest:  # no new version was swapped in meanwhile
+        if read_index_manifest(path) == manifest:  # no new version was swapped in meanwhile
             break
         store.close()
     else:

@@ -47,7 +47,7 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def read_onnx_manifest(folder: Path) -> dict[str, Any]:
     """The ``onnx/manifest.json`` of a model folder, or {} when there is none."""
     path = folder / ONNX_DIR / MANIFEST
     if not path.is_file():
@@ -59,6 +59,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"{path} is not valid JSON ({exc}); re-export with distill.export.export_onnx"
         ) from exc
     return data if isinstance(data, dict) else {}
+
+
+# The old name, which distill/export.py imports.
+read_manifest = read_onnx_manifest
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -171,7 +175,7 @@ class OnnxEncoder:
                 + " or use --backend torch"
             )
         self.model_hash = model_hash(folder)
-        manifest = read_manifest(folder)
+        manifest = read_onnx_manifest(folder)
         made_from = manifest.get("model_hash")
         if model_file is None and made_from and made_from != self.model_hash:
             raise AssetError(

@@ -18,7 +18,7 @@ from indexer.publish import write_manifest
 from indexer.shards import complete_shards
 from search.corpus import ON_ERROR, ReadReport, iter_records
 from search.encoder import Encoder, load_encoder
-from search.index_folder import folder_files, load_index_folder, read_manifest, verify_folder
+from search.index_folder import folder_files, load_index_folder, read_index_manifest, verify_folder
 from search.retriever import Retriever
 from search.types import DataError
 
@@ -82,7 +82,7 @@ def test_manifest_lists_every_file_and_a_tampered_folder_fails(
     # Checksums cover nested folders, whatever wrote them.
     (out / "extra" / "deep").mkdir(parents=True)
     (out / "extra" / "deep" / "x.bin").write_bytes(b"one")
-    written = write_manifest(out, read_manifest(out))
+    written = write_manifest(out, read_index_manifest(out))
     assert "extra/deep/x.bin" in written["files"]
     verify_folder(out)
     (out / "extra" / "deep" / "x.bin").write_bytes(b"two")
@@ -194,7 +194,7 @@ def test_an_interrupted_build_resumes_without_re_encoding_finished_shards(
         )
     other = CountingEncoder(real)
     build_index(other, docs[:100], out, shard_size=50, resume_key="corpus-v2", progress=False)
-    assert other.texts == 100 and read_manifest(out)["count"] == 100
+    assert other.texts == 100 and read_index_manifest(out)["count"] == 100
 
 
 def test_out_must_be_an_index_folder_or_new(tiny_model: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 from indexer.build import build_index, make_index
 from search.corpus import iter_documents, load_corpus
 from search.encoder import load_encoder
-from search.index_folder import load_index_folder, read_manifest
+from search.index_folder import load_index_folder, read_index_manifest
 from search.retriever import Retriever
 from search.types import DataError, IndexMismatchError
 
@@ -22,7 +22,7 @@ def test_index_folder_holds_what_the_manifest_says(
     )
     assert manifest["count"] == 8 and manifest["dim"] == enc.dim
     assert manifest["model"]["hash"] == enc.model_hash and manifest["metric"] == "inner_product"
-    assert read_manifest(out) == manifest
+    assert read_index_manifest(out) == manifest
     folder = load_index_folder(out)
     assert folder.index.ntotal == 8 and len(folder.store) == 8
     assert folder.store.ids() == [f"d{i}" for i in range(1, 9)]
@@ -90,7 +90,7 @@ def test_rebuild_replaces_atomically(tiny_model: Path, small_jsonl: Path, tmp_pa
     fewer = tmp_path / "fewer.jsonl"
     fewer.write_text("".join(small_jsonl.read_text().splitlines(keepends=True)[:3]))
     build_index(enc, iter_documents(fewer), out, progress=False)
-    assert read_manifest(out)["count"] == 3
+    assert read_index_manifest(out)["count"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "fewer.jsonl", "idx"]
 
 
@@ -104,7 +104,7 @@ def test_bad_input_fails_cleanly_and_leaves_the_old_index(
     dup.write_text(small_jsonl.read_text() + json.dumps({"_id": "d1", "text": "again"}) + "\n")
     with pytest.raises(DataError, match="duplicate document id 'd1'"):
         build_index(enc, iter_documents(dup), out, progress=False)
-    assert read_manifest(out)["count"] == 8
+    assert read_index_manifest(out)["count"] == 8
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"_id": "x", "text": "fine"}\n{"_id": "y"}\n')
     with pytest.raises(DataError, match=r"broken.jsonl:2: not a document"):

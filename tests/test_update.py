@@ -12,7 +12,7 @@ from api.cli import app
 from indexer.build import build_index
 from indexer.update import delete_documents, upsert_documents
 from search.encoder import Encoder, load_encoder
-from search.index_folder import load_index_folder, read_manifest, verify_folder
+from search.index_folder import load_index_folder, read_index_manifest, verify_folder
 from search.retriever import Retriever
 from search.types import DataError, IndexMismatchError
 
@@ -53,7 +53,7 @@ def test_upsert_adds_and_replaces_in_indexes_that_delete(
     new.append(("d501", "again", "the last copy of an id wins"))
     got = upsert_documents(out, new, enc)
     assert got == {"added": 3, "replaced": 1, "count": 123}
-    m = read_manifest(out)
+    m = read_index_manifest(out)
     assert m["count"] == m["ntotal"] == 123 and m["tombstones"] == 0 and "updated" in m
     verify_folder(out)
     folder = load_index_folder(out)
@@ -73,7 +73,7 @@ def test_deletes_on_hnsw_leave_tombstones_that_search_skips_then_compacts(
     gone = [f"d{i}" for i in range(10)]
     got = delete_documents(out, [*gone, "nope", "d0"])
     assert got == {"deleted": 10, "missing": ["nope"], "count": 110}
-    m = read_manifest(out)
+    m = read_index_manifest(out)
     assert (m["count"], m["ntotal"], m["tombstones"]) == (110, 120, 10)
     r = Retriever.open(out)
     assert len(r.folder.tombstones) == 10
@@ -83,10 +83,10 @@ def test_deletes_on_hnsw_leave_tombstones_that_search_skips_then_compacts(
     assert len(_ids(r, "river", 500)) == 110  # every live document, none dead
     # Replacing on HNSW tombstones the old vector too.
     upsert_documents(out, [("d50", "t50", "new words for fifty")], enc)
-    assert read_manifest(out)["tombstones"] == 11
+    assert read_index_manifest(out)["tombstones"] == 11
     # Past a quarter of the index, the update compacts: no tombstones left.
     delete_documents(out, [f"d{i}" for i in range(10, 40)])
-    m = read_manifest(out)
+    m = read_index_manifest(out)
     assert (m["count"], m["ntotal"], m["tombstones"]) == (80, 80, 0)
     r = Retriever.open(out)
     assert len(r.folder.tombstones) == 0
@@ -138,7 +138,7 @@ def test_readers_never_see_a_half_updated_folder(enc: Encoder, tmp_path: Path) -
         stop.set()
         reader.join(timeout=60)
     assert not errors and seen and set(seen) <= {40 + 5 * s for s in range(7)}
-    assert read_manifest(out)["count"] == 70
+    assert read_index_manifest(out)["count"] == 70
     # A retriever opened before the updates still answers from its version.
     assert len(old.search("river", 100)) == 40
 
