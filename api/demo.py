@@ -13,13 +13,8 @@ from typing import Any
 from distill.config import DistillConfig
 from distill.run import REPORT, distill, folder_size_mb
 from indexer.build import build_index
-from search.assets import (
-    MINILM_NAME,
-    TEACHER_NAME,
-    atomic_write_text,
-    embeddings_dir,
-    resolve_model,
-)
+from search.assets import MINILM_NAME, TEACHER_NAME, embeddings_dir, resolve_model
+from search.atomic import atomic_write_text
 from search.corpus import iter_documents, load_beir
 from search.embed_cache import cache_for
 from search.encoder import load_encoder

@@ -146,13 +146,26 @@ def _fsync_tree(folder: Path) -> None:
     Temp folders are created private (0700); a published folder is readable like
     any the user writes (0644/0755 less the umask).
     """
-    umask = os.umask(0o022)
-    os.umask(umask)
+    umask = _umask()
     folder.chmod(0o777 & ~umask)
     for path in sorted(folder.rglob("*"), reverse=True):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         _fsync(path)
     _fsync(folder)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask sets
+    it, and a file another thread creates meanwhile would get the temporary one)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _exchange(a: Path, b: Path) -> bool:
