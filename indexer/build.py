@@ -519,8 +519,8 @@ def _manifest(
 def publish_index(
     work: WorkDir, out: Path, manifest: dict[str, Any], *, bm25: bool
 ) -> dict[str, Any]:
-    """Stage 4: move the saved index and the doc store into a temp folder beside `out`,
-    write the extras and the manifest there, and swap it in as `out`.
+    """Stage 4: move the saved index and the doc store into a temp folder beside `out`;
+    `indexer.publish.publish` adds the BM25 index and the manifest and swaps it in.
 
     Returns:
         The manifest as written (with the files' checksums).
