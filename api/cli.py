@@ -448,10 +448,10 @@ def serve(
 
     from api.app import create_app
     from api.settings import Settings
-    from search.index_folder import read_manifest
+    from search.index_folder import read_index_manifest
 
     try:
-        read_manifest(index)
+        read_index_manifest(index)
     except DistilsearchError as exc:
         fail(str(exc))
     given: dict[str, Any] = {"host": host, "port": port, "model": model, "backend": backend}

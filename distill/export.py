@@ -29,7 +29,7 @@ from search.onnx_encoder import (
     MANIFEST,
     ONNX_DIR,
     OnnxEncoder,
-    read_manifest,
+    read_onnx_manifest,
 )
 from search.types import DistilsearchError
 
@@ -280,7 +280,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 def update_manifest(folder: Path, **entries: Any) -> dict[str, Any]:
     """Merge `entries` into ``onnx/manifest.json``; return the result."""
-    manifest = read_manifest(folder)
+    manifest = read_onnx_manifest(folder)
     manifest.update(entries)
     write_manifest(folder, manifest)
     return manifest
@@ -417,7 +417,7 @@ def _move_in(tmp: Path, folder: Path) -> None:
 
 def _record_export(folder: Path, report: dict[str, Any], max_seq_length: int) -> None:
     """Write what the fp32 export is into ``onnx/manifest.json``, dropping the int8 entry."""
-    manifest = read_manifest(folder)
+    manifest = read_onnx_manifest(folder)
     manifest.pop(INT8_FILE, None)
     manifest.update(
         model_hash=model_hash(folder),
