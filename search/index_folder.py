@@ -221,7 +221,7 @@ def read_index_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-# The old name, which api/cli.py and bench/load.py import.
+# The old name, which bench/load.py imports.
 read_manifest = read_index_manifest
 
 

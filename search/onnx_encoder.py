@@ -61,10 +61,6 @@ def read_onnx_manifest(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# The old name, which distill/export.py imports.
-read_manifest = read_onnx_manifest
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
