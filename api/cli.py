@@ -19,7 +19,6 @@ import typer
 
 from distill.config import DistillConfig
 from indexer.options import BuildOptions
-from search.assets import TEACHER_NAME
 from search.corpus import Fields, ReadReport, Record
 from search.types import DistilsearchError
 
@@ -74,18 +73,21 @@ def _data_path(data: str) -> Path:
 
 @app.command()
 def distill(
+    data: Annotated[str, typer.Option(help="BEIR folder or JSONL file of the corpus to adapt to.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the student into.")],
     student: Annotated[
         str,
         typer.Option(
             help=(
                 "all-MiniLM-L6-v2, a model folder, MODEL:layers=0,1,3,5 (some of its "
-                "layers) or mpnet:layers=0,4,8,11 (of the teacher)"
+                "layers; trained layer by layer against the uncut model, then against the "
+                "teacher) or mpnet:layers=0,4,8,11 (of the teacher)"
             )
         ),
-    ],
-    data: Annotated[str, typer.Option(help="BEIR folder or JSONL file of the corpus to adapt to.")],
-    out: Annotated[Path, typer.Option(help="Folder to write the student into.")],
-    teacher: Annotated[str, typer.Option(help="Teacher model name or folder.")] = TEACHER_NAME,
+    ] = _default(DistillConfig, "student"),
+    teacher: Annotated[str, typer.Option(help="Teacher model name or folder.")] = _default(
+        DistillConfig, "teacher"
+    ),
     max_minutes: Annotated[
         float, typer.Option(help="Stop training after this many minutes.")
     ] = _default(DistillConfig, "max_minutes"),
@@ -126,9 +128,25 @@ def distill(
             "gate still applies)."
         ),
     ] = _default(DistillConfig, "int8_min_cosine"),
+    layerwise_epochs: Annotated[
+        float, typer.Option(help="Passes over the texts for each replaced block of a cut.")
+    ] = _default(DistillConfig, "layerwise_epochs"),
+    layerwise_lr: Annotated[
+        float, typer.Option(help="Learning rate of layer-local training.")
+    ] = _default(DistillConfig, "layerwise_lr"),
+    layerwise_share: Annotated[
+        float, typer.Option(help="Share of --max-minutes for layer-local training (cuts).")
+    ] = _default(DistillConfig, "layerwise_share"),
+    top_layers: Annotated[
+        int, typer.Option(help="Top layers an uncut student trains against the teacher.")
+    ] = _default(DistillConfig, "top_layers"),
+    device: Annotated[
+        str | None, typer.Option(help="Torch device: cuda, cpu (default: cuda when present).")
+    ] = _default(DistillConfig, "device"),
     verbose: Verbose = False,
 ) -> None:
-    """Distill the teacher into a smaller student (teacher rankings by default, or MSE)."""
+    """Distill the teacher into a smaller student: a cut is trained layer by layer against
+    its uncut model, then its top layers against the teacher's rankings."""
     _setup(verbose)
     from distill.run import distill as run_distill
 
@@ -150,11 +168,17 @@ def distill(
             max_seq_length=max_seq_length,
             compress=compress,
             int8_min_cosine=int8_min_cosine,
+            layerwise_epochs=layerwise_epochs,
+            layerwise_lr=layerwise_lr,
+            layerwise_share=layerwise_share,
+            top_layers=top_layers,
+            device=device,
         )
         report = run_distill(config)
     except (DistilsearchError, ValueError) as exc:
         fail(str(exc))
-    typer.echo(json.dumps({k: report[k] for k in ("out", "fidelity", "steps", "train_seconds")}))
+    summary = {k: report[k] for k in ("out", "gate", "stages", "train_seconds", "wall_seconds")}
+    typer.echo(json.dumps(summary))
 
 
 @app.command()

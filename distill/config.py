@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.quantize import QualityGate
+from search.assets import TEACHER_NAME
 
 _GENERIC = "msmarco-queries.txt"
+DEFAULT_STUDENT = "all-MiniLM-L6-v2:layers=0,1,3,5"
+"""A 4-layer cut of all-MiniLM-L6-v2: the student ``distill`` makes when not told."""
 LOSSES = ("rank", "mse", "mse+structure")
 
 
@@ -81,12 +84,23 @@ class DistillConfig:
             against PCA-reduced teacher targets) or ``mse+structure`` (plus the in-batch
             similarity-matrix term of `distill.losses`).
         temperature: Softmax temperature of the ``rank`` loss.
+        layerwise_epochs: Passes over the training texts for each replaced block of a
+            cut student (`distill.layerwise`), within `layerwise_share` of the budget.
+        layerwise_lr: Peak learning rate of layer-local training.
+        layerwise_share: Share of `max_minutes` the layer-local stage may take (the
+            filling pass of the uncut model's states included); the teacher stage
+            gets the rest.
+        top_layers: Layers the teacher stage trains on an uncut student (the rest are
+            frozen and their output cached); a cut student trains its replaced
+            layers and those above them.
+        device: Torch device of teacher, student and training (``cuda``, ``cpu``);
+            None: a CUDA device when one is present, else the CPU.
     """
 
-    teacher: str
-    student: str
     data: Path
     out: Path
+    teacher: str = TEACHER_NAME
+    student: str = DEFAULT_STUDENT
     max_minutes: float = 30.0
     max_texts: int = 8000
     extra_texts: list[Path] = field(default_factory=list)
@@ -104,6 +118,11 @@ class DistillConfig:
     compress: bool = True
     int8_min_cosine: float = QualityGate.min_cosine
     val_docs: int = 1000
+    layerwise_epochs: float = 3.0
+    layerwise_lr: float = 1e-4
+    layerwise_share: float = 0.5
+    top_layers: int = 2
+    device: str | None = None
 
     def validate(self) -> StudentSpec:
         """Check values; return the parsed student spec.
@@ -126,6 +145,12 @@ class DistillConfig:
                 f"--int8-min-cosine must be in (0, 1], got {self.int8_min_cosine} "
                 "(0.996 keeps int8 within ~0.2 % of fp32 nDCG@10; 0.99 is faster)"
             )
+        if self.layerwise_epochs <= 0 or self.layerwise_lr <= 0:
+            raise ValueError("--layerwise-epochs and --layerwise-lr must be > 0")
+        if not 0 <= self.layerwise_share < 1:
+            raise ValueError(f"--layerwise-share must be in [0, 1), got {self.layerwise_share}")
+        if self.top_layers < 1:
+            raise ValueError(f"--top-layers must be >= 1, got {self.top_layers}")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         for path in self.extra_texts:

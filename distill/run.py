@@ -3,17 +3,17 @@ with a report and a model card."""
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
-import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.config import DistillConfig
+import numpy as np
+
+from distill.config import DistillConfig, StudentSpec
 from distill.gate import (
     ValidationSet,
     reserve_train_queries,
@@ -21,17 +21,22 @@ from distill.gate import (
     score,
     teacher_qrels,
 )
-from distill.mining import mine_rank_examples
+from distill.layerwise import check_supported
+from distill.report import model_card
+from distill.stages import (
+    Run,
+    end_to_end_stage,
+    layerwise_applies,
+    layerwise_stage,
+    teacher_stage,
+)
 from distill.student import build_student, count_parameters, match_window
 from distill.targets import fit_target_map
-from distill.texts import collect_texts
-from distill.train import (
-    FidelityEvaluator,
-    RetrievalEvaluator,
-    train_student,
-    training_objective,
-)
-from search.assets import atomic_write_text, embeddings_dir, model_hash, resolve_model
+from distill.texts import TrainingTexts, collect_texts
+from distill.train import FidelityEvaluator
+from search.assets import embeddings_dir, model_hash, resolve_model
+from search.atomic import atomic_write_json, atomic_write_text, staged_folder
+from search.devices import resolve_device
 from search.embed_cache import EmbeddingCache
 from search.encoder import TorchEncoder, available_backends
 from search.types import Qrels, Queries
@@ -53,101 +58,21 @@ def folder_size_mb(folder: Path) -> float:
 
 
 def _seconds_per_text(encode: Any, texts: list[str]) -> float:
+    encode(texts[:8])  # warm-up: first calls pay for allocations and thread start-up
     t0 = time.perf_counter()
     encode(texts)
     return (time.perf_counter() - t0) / len(texts)
 
 
-def _gate_line(gate: dict[str, Any]) -> str:
-    return (
-        f"{gate['before']:.4f} -> {gate['after']:.4f} (teacher {gate['teacher']:.4f}) on "
-        f"{gate['queries']} queries x {gate['docs']} docs, {gate['source']}; "
-        f"emitted {gate['emitted']} weights"
-    )
-
-
-def model_card(report: dict[str, Any]) -> str:
-    """A model card (README.md) for the student folder, from its report."""
-    fid, texts = report["fidelity"], report["texts"]
-    sources = ", ".join(f"{k} {v}" for k, v in texts["by_source"].items())
-    params, size = report["params"], report["size_mb"]
-    rows = [
-        ("training texts", f"{texts['total']} ({sources})"),
-        ("held-out texts", texts["heldout"]),
-        (
-            "steps",
-            f"{report['steps']} of {report['max_steps']} (stopped by {report['stopped_by']})",
-        ),
-        ("training time", f"{report['train_seconds']} s"),
-        ("token window", report["config"].get("max_seq_length", "model default")),
-        ("parameters", f"{params['student']:,} (teacher {params['teacher']:,})"),
-        ("size on disk", f"{size['student']:.1f} MB (teacher {size['teacher']:.1f} MB)"),
-        (
-            "fidelity, cosine to targets",
-            f"{fid['before']['cosine']:.4f} -> {fid['after']['cosine']:.4f}",
-        ),
-        ("target map energy kept", f"{report['target_map_explained']:.4f}"),
-        ("speed vs teacher (same held-out texts)", f"{report['speed_ratio']:.1f}x"),
-    ]
-    comp = report.get("compression", {})
-    if "onnx" in comp:
-        onnx = comp["onnx"]
-        rows.append(
-            (
-                "ONNX fp32",
-                f"cosine to torch {onnx['cosine_mean']:.5f}, "
-                f"{onnx['size_mb']:.0f} MB, {onnx['speedup']:.2f}x torch",
-            )
-        )
-    if "int8" in comp:
-        int8 = comp["int8"]
-        verdict = "written" if int8["written"] else "refused"
-        rows.append(("ONNX int8", f"{verdict}: {int8['reason']}"))
-    method = {
-        "rank": "matching the teacher's in-batch rankings of mined query-document pairs "
-        "(KL divergence of the score softmaxes)",
-        "mse": "embedding matching (MSE to PCA-reduced teacher embeddings)",
-        "mse+structure": "embedding matching (MSE) plus the in-batch similarity structure",
-    }[report["config"]["loss"]]
-    if "served_speed_ratio" in report:
-        served = report["served_speed_ratio"]
-        rows.append(
-            (f"speed vs teacher, as served ({served['backend']})", f"{served['ratio']:.1f}x")
-        )
-    rows.append(("retrieval gate (nDCG@10)", _gate_line(report["gate"])))
-    lines = [
-        f"# distilsearch student of {report['teacher']}",
-        "",
-        f"Distilled by {method} from `{report['teacher']}` "
-        f"(hash `{report['teacher_hash']}`) into `{report['student']}`.",
-        "",
-        "| fact | value |",
-        "| --- | --- |",
-        *(f"| {k} | {v} |" for k, v in rows),
-        "",
-        "Load it with `SentenceTransformer(path)`; BEIR scores: `distilsearch eval --model PATH`.",
-    ]
-    if report.get("beir"):
-        lines += ["", "```json", json.dumps(report["beir"], indent=2), "```"]
-    return "\n".join(lines) + "\n"
-
-
 def _publish(student: Any, out: Path, report: dict[str, Any]) -> None:
+    """Save the student with its report and model card, swapped in whole."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    student.save(str(tmp))
-    report["student_hash"] = model_hash(tmp)
-    report["size_mb"]["student"] = round(folder_size_mb(tmp), 1)
-    atomic_write_text(tmp / REPORT, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(tmp / "README.md", model_card(report))
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    with staged_folder(out) as tmp:
+        student.save(str(tmp))
+        report["student_hash"] = model_hash(tmp)
+        report["size_mb"]["student"] = round(folder_size_mb(tmp), 1)
+        atomic_write_json(tmp / REPORT, report)
+        atomic_write_text(tmp / "README.md", model_card(report))
 
 
 def _validation_set(
@@ -173,14 +98,24 @@ def _validation_set(
     return ValidationSet(corpus, queries, qrels, "teacher top-10")
 
 
-def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run a whole distillation; return its report (also written to ``out/``)."""
-    spec = config.validate()
-    # resolved first: a misspelt student fails now, not after labelling
-    student_folder = resolve_model(spec.model) if spec.model is not None else None
-    t_start = time.perf_counter()
-    teacher_folder = resolve_model(config.teacher)
-    teacher = TorchEncoder(teacher_folder, name=config.teacher)
+@dataclass
+class _Labelled:
+    """Training texts split into train and held-out, with the teacher's labels."""
+
+    texts: TrainingTexts
+    train: list[str]
+    held: list[str]
+    vecs: np.ndarray
+    stats: Any
+    val_queries: Queries
+    val_qrels: Qrels
+
+
+def label(
+    config: DistillConfig, teacher: TorchEncoder, cache: EmbeddingCache, progress: bool
+) -> _Labelled:
+    """Collect the training texts, hold some out, and label them all with the teacher
+    (through its embedding cache: an interrupted labelling resumes)."""
     val_queries, val_qrels = reserve_train_queries(config.data, config.val_queries, config.seed)
     texts = collect_texts(
         config.data,
@@ -197,13 +132,56 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     random.Random(config.seed).shuffle(order)
     n_hold = max(8, min(300, int(config.holdout * len(pool))))
     held, train = [pool[i] for i in order[:n_hold]], [pool[i] for i in order[n_hold:]]
-
-    cache = EmbeddingCache(embeddings_dir(), teacher.model_hash, teacher.dim)
     logger.info("labelling %d texts with the teacher (cached: %d)", len(pool), len(cache))
-    teacher_vecs, label_stats = cache.encode(
-        teacher, train + held, desc="teacher labels", progress=progress
-    )
-    student = build_student(spec, teacher.model, student_folder)
+    vecs, stats = cache.encode(teacher, train + held, desc="teacher labels", progress=progress)
+    return _Labelled(texts, train, held, vecs, stats, val_queries, val_qrels)
+
+
+def _student_key(spec: StudentSpec, folder: Path | None, teacher: str) -> str:
+    base = model_hash(folder) if folder is not None else f"teacher-{teacher}"
+    return f"{base}|{spec.layers}"
+
+
+def train_stages(run: Run, before: float, targets: np.ndarray, heldout: FidelityEvaluator) -> None:
+    """Run the training stages in `run.config.max_minutes`; each is kept only when it
+    raises validation nDCG@10 (`distill.stages`)."""
+    config = run.config
+    budget = 60 * config.max_minutes
+    t0 = time.perf_counter()
+    assistant = None
+    if layerwise_applies(run):
+        assistant = layerwise_stage(run, budget * config.layerwise_share, before)
+        before = run.stages[-1]["after"] if assistant is not None else before
+    left = max(0.0, budget - (time.perf_counter() - t0))
+    try:
+        check_supported(run.backbone)
+        cached = config.loss == "rank"
+    except ValueError:
+        cached = False
+    if cached:
+        teacher_stage(run, left, assistant)
+    else:
+        end_to_end_stage(run, left, before, targets, heldout)
+
+
+def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run a whole distillation; return its report (also written to ``out/``).
+
+    Stages: label (teacher embeddings, cached) -> build the student -> train
+    (layer-local, then teacher; each gated on validation nDCG@10) -> publish ->
+    compress (ONNX, int8 behind its gate) -> report.
+    """
+    spec = config.validate()
+    device = resolve_device(config.device)
+    # resolved first: a misspelt student fails now, not after labelling
+    student_folder = resolve_model(spec.model) if spec.model is not None else None
+    t_start = time.perf_counter()
+    teacher_folder = resolve_model(config.teacher)
+    teacher = TorchEncoder(teacher_folder, name=config.teacher, device=device)
+    cache = EmbeddingCache(embeddings_dir(), teacher.model_hash, teacher.dim)
+    labelled = label(config, teacher, cache, progress)
+    train, held, teacher_vecs = labelled.train, labelled.held, labelled.vecs
+    student = build_student(spec, teacher.model, student_folder).to(device)
     shipped_window = student.max_seq_length
     window = match_window(student, teacher.model, config.max_seq_length)
     sample = train[:_MAP_SAMPLE]
@@ -211,8 +189,16 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     tmap = fit_target_map(teacher_vecs[: len(sample)], s0)
     targets = tmap.apply(teacher_vecs)
     heldout = FidelityEvaluator(held, targets[len(train) :])
-    before = heldout(student)
-    val = _validation_set(config, val_queries, val_qrels, held, texts.all_queries(), teacher, cache)
+    fid_before = heldout(student)
+    val = _validation_set(
+        config,
+        labelled.val_queries,
+        labelled.val_qrels,
+        held,
+        labelled.texts.all_queries(),
+        teacher,
+        cache,
+    )
     student_cache = None
     if student_folder is not None and spec.layers is None and window == shipped_window:
         # the shipped model's cached vectors; stale for another window or fewer layers
@@ -228,63 +214,37 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
             TorchEncoder.from_model(student, "initial", model_hash="x"), val, student_cache
         ),
     }
-    initial_state = copy.deepcopy(student.state_dict())
-
     work = config.out.with_name(f".{config.out.name}.work")
-    train_vecs = teacher_vecs[: len(train)]
-    rank = None
-    if config.loss == "rank":
-        docs = set(texts.by_source.get("documents", []))
-        query_like = texts.all_queries() | set(texts.by_source.get("sentences", []))
-        d_idx = [i for i, t in enumerate(train) if t in docs]
-        q_idx = [i for i, t in enumerate(train) if t in query_like]
-        rank = mine_rank_examples(
-            [train[i] for i in q_idx],
-            train_vecs[q_idx],
-            [train[i] for i in d_idx],
-            train_vecs[d_idx],
-            seed=config.seed,
-        )
-        logger.info("mined %d ranking examples over %d documents", len(rank), len(d_idx))
-    dataset, loss = training_objective(
-        student,
-        config.loss,
-        texts=train,
-        targets=targets[: len(train)],
-        teacher=train_vecs,
-        rank=rank,
-        temperature=config.temperature,
+    run = Run(
+        config=config,
+        spec=spec,
+        texts=labelled.texts,
+        train=train,
+        held=held,
+        teacher_vecs=teacher_vecs,
+        student=student,
+        student_key=_student_key(spec, student_folder, teacher.model_hash),
+        assistant_folder=student_folder,
+        window=window,
+        tmap=tmap,
+        val=val,
+        work=work,
+        progress=progress,
     )
-    info = train_student(
-        student,
-        dataset,
-        loss,
-        RetrievalEvaluator(val) if config.loss == "rank" else heldout,
-        work,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        max_minutes=config.max_minutes,
-        eval_steps=config.eval_steps,
-        seed=config.seed,
+    t_train = time.perf_counter()
+    train_stages(run, gate["before"], targets, heldout)
+    train_seconds = round(time.perf_counter() - t_train, 1)
+    kept = [s for s in run.stages if s["kept"]]
+    gate["after"] = run.score() if kept else gate["before"]
+    gate["emitted"] = "trained" if kept else "initial"
+    gate["why"] = (
+        f"stages kept: {', '.join(s['name'] for s in kept)}"
+        if kept
+        else "no stage raised validation nDCG@10 above the untrained student"
     )
-    info["train_examples"] = len(dataset)
-    if config.loss == "rank" and info["best_score"] is not None:
-        gate["after"] = float(info["best_score"])  # checkpoints were chosen by this score
-    else:
-        gate["after"] = score(TorchEncoder.from_model(student, "trained"), val)
-    gate["emitted"] = "trained"
-    if gate["after"] < gate["before"]:
-        logger.warning(
-            "the trained student retrieves worse than the initial one on %s (nDCG@10 %.4f < "
-            "%.4f); emitting the initial weights",
-            val.source,
-            gate["after"],
-            gate["before"],
-        )
-        student.load_state_dict(initial_state)
-        gate["emitted"] = "initial"
-    after = heldout(student)
+    gate["gain"] = round(gate["after"] - gate["before"], 4)
+    last = run.stages[-1] if run.stages else {}
+    fid_after = heldout(student)
     speed_texts = held[:64]
     teacher_spt = _seconds_per_text(lambda t: teacher.encode(t), speed_texts)
     emitted = TorchEncoder.from_model(student, "student")  # batched as the teacher is
@@ -295,19 +255,23 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         "teacher_hash": teacher.model_hash,
         "student": config.student,
         "data": str(config.data),
+        "device": device,
         "texts": {
-            "by_source": texts.counts(),
-            "total": len(pool),
+            "by_source": labelled.texts.counts(),
+            "total": len(train) + len(held),
             "heldout": len(held),
-            "teacher_labelled_now": label_stats.encoded,
+            "teacher_labelled_now": labelled.stats.encoded,
         },
         "target_map_explained": round(tmap.explained, 4),
         "fidelity": {
-            "before": {"cosine": before["fidelity_cosine"], "mse": before["fidelity_mse"]},
-            "after": {"cosine": after["fidelity_cosine"], "mse": after["fidelity_mse"]},
-            "cosine": after["fidelity_cosine"],
+            "before": {"cosine": fid_before["fidelity_cosine"], "mse": fid_before["fidelity_mse"]},
+            "after": {"cosine": fid_after["fidelity_cosine"], "mse": fid_after["fidelity_mse"]},
+            "cosine": fid_after["fidelity_cosine"],
         },
-        **info,
+        "stages": run.stages,
+        "steps": int(last.get("steps", 0)),
+        "train_examples": int(last.get("train_examples", 0)),
+        "train_seconds": train_seconds,
         "gate": gate,
         "params": {
             "teacher": count_parameters(teacher.model),
@@ -326,8 +290,13 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
             "temperature": config.temperature,
             "max_seq_length": window,
             "seed": config.seed,
+            "layerwise_epochs": config.layerwise_epochs,
+            "layerwise_lr": config.layerwise_lr,
+            "layerwise_share": config.layerwise_share,
+            "top_layers": config.top_layers,
         },
     }
+    student.to("cpu")
     _publish(student, config.out, report)
     shutil.rmtree(work, ignore_errors=True)
     if config.compress:
@@ -342,7 +311,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
                 "ratio": round(docs_per_s * teacher_spt, 2),
             }
         report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-        atomic_write_text(config.out / REPORT, json.dumps(report, indent=2) + "\n")
+        atomic_write_json(config.out / REPORT, report)
         atomic_write_text(config.out / "README.md", model_card(report))
     return report
 

@@ -152,8 +152,9 @@ def train_student(
     the end.
 
     Returns:
-        Facts of the run: steps, seconds, whether it resumed, why it stopped, and the
-        evaluator's primary metric of the checkpoint kept (``best_score``).
+        Facts of the run: steps, seconds, whether it resumed, why it stopped, the
+        evaluator's primary metric of the checkpoint kept (``best_score``) and the mean
+        training loss of each logging interval (``train_loss``).
     """
     steps_per_epoch = max(1, len(train) // batch_size)
     eval_steps = max(1, min(eval_steps, steps_per_epoch))
@@ -205,4 +206,5 @@ def train_student(
         "stopped_by": stopped,
         "best_checkpoint": state.best_model_checkpoint,
         "best_score": state.best_metric,
+        "train_loss": [round(float(h["loss"]), 5) for h in state.log_history if "loss" in h],
     }

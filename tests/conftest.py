@@ -75,6 +75,12 @@ def tiny_model_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_3l(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like `tiny_model` but with 3 layers (a model with a block of two to cut)."""
+    return _build_tiny(tmp_path_factory.mktemp("tiny3l"), layers=3)
+
+
+@pytest.fixture(scope="session")
 def tiny_index(tiny_model: Path) -> Callable[..., Path]:
     """Build an index folder of `(id, title, text)` documents with the tiny model.
 

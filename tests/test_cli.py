@@ -113,5 +113,5 @@ def test_option_defaults_are_the_settings_classes_defaults() -> None:
         assert len(shared) >= 8
         for field in shared:
             assert given[field.name] == field.default, (command, field.name)
-    with pytest.raises(TypeError, match="'teacher'"):
-        _default(DistillConfig, "teacher")  # required: the CLI names the teacher itself
+    with pytest.raises(TypeError, match="'data'"):
+        _default(DistillConfig, "data")  # required: no default to take

@@ -1,0 +1,322 @@
+"""The training stages of `distill`, each judged by the retrieval gate.
+
+1. ``layer-local`` (cut students of a BERT-style model): each replaced block of layers
+   is trained alone against the uncut model's hidden states (`distill.layerwise`).
+2. ``teacher``: the student's top layers learn the teacher's rankings over cached
+   frozen-prefix states (`distill.frozen`), or, for students whose layers cannot run
+   alone (MPNet) and for the MSE losses, the whole student end to end
+   (`distill.train`).
+
+A stage whose validation nDCG@10 ends below its start is reverted: the student leaves
+it with the weights it entered with.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.config import DistillConfig, StudentSpec
+from distill.frozen import Top, ValidationStates, train_top
+from distill.gate import ValidationSet, score
+from distill.layerwise import (
+    boundaries,
+    check_supported,
+    distill_layers,
+    layers_to_train,
+    plan_blocks,
+)
+from distill.mining import RankExamples, mine_rank_examples
+from distill.states import StateStore, fill_store
+from distill.student import layer_subset
+from distill.targets import TargetMap
+from distill.texts import TrainingTexts
+from distill.train import (
+    FidelityEvaluator,
+    RetrievalEvaluator,
+    train_student,
+    training_objective,
+)
+from search.assets import cache_dir
+from search.encoder import TorchEncoder
+from search.evaluate import corpus_texts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What every stage of one distill run reads.
+
+    Attributes:
+        train, held: Training and held-out texts; `teacher_vecs` holds the teacher's
+            embeddings of ``train + held`` in that order (normalised, float32).
+        student_key: Identity of the untrained student's weights (store keys).
+        work: Scratch and checkpoint folder of this run.
+    """
+
+    config: DistillConfig
+    spec: StudentSpec
+    texts: TrainingTexts
+    train: list[str]
+    held: list[str]
+    teacher_vecs: np.ndarray
+    student: Any
+    student_key: str
+    assistant_folder: Path | None
+    window: int
+    tmap: TargetMap
+    val: ValidationSet
+    work: Path
+    progress: bool = True
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def backbone(self) -> Any:
+        return self.student[0].auto_model
+
+    def score(self) -> float:
+        """Validation nDCG@10 of the student as it is now (the real model, no cache)."""
+        return score(TorchEncoder.from_model(self.student, "student"), self.val)
+
+
+def states_dir(key: str) -> Path:
+    """Where hidden-state stores live: ``cache_dir()/states/<key>``."""
+    return cache_dir() / "states" / hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+def layerwise_applies(run: Run) -> bool:
+    """True for a cut of a pretrained BERT-style model with a dropped block to train."""
+    if run.spec.layers is None or run.assistant_folder is None:
+        return False
+    try:
+        check_supported(run.backbone)
+    except ValueError:
+        return False
+    return bool(layers_to_train(plan_blocks(run.spec.layers, _uncut_layers(run))))
+
+
+def _uncut_layers(run: Run) -> int:
+    """Encoder layers of the uncut model, from its saved config."""
+    assert run.assistant_folder is not None
+    from transformers import AutoConfig
+
+    config: Any = AutoConfig.from_pretrained(str(run.assistant_folder), local_files_only=True)
+    return int(config.num_hidden_layers)
+
+
+def _judge(run: Run, name: str, before: float, after: float, entry: dict[str, Any]) -> bool:
+    kept = after >= before
+    entry.update(name=name, before=round(before, 4), after=round(after, 4), kept=kept)
+    run.stages.append(entry)
+    logger.info(
+        "stage %s: validation nDCG@10 %.4f -> %.4f (%s)",
+        name,
+        before,
+        after,
+        "kept" if kept else "reverted",
+    )
+    return kept
+
+
+def layerwise_stage(run: Run, seconds: float, before: float) -> tuple[StateStore, int] | None:
+    """Train the cut student's replacing layers against the uncut model (the assistant).
+
+    Returns:
+        The assistant's state store and the boundary of the first trained block's
+        input (the frozen prefix's output, for the teacher stage), or None when the
+        stage was reverted.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    assert run.spec.layers is not None and run.assistant_folder is not None
+    t0 = time.perf_counter()
+    uncut = SentenceTransformer(str(run.assistant_folder), device="cpu", local_files_only=True)
+    uncut.max_seq_length = run.window
+    uncut.to(run.student.device)
+    blocks = plan_blocks(run.spec.layers, _uncut_layers(run))
+    texts = run.train + run.held
+    store = fill_store(
+        states_dir(f"{run.student_key}|uncut|{run.window}"),
+        uncut,
+        texts,
+        boundaries(blocks),
+        model_hash=run.student_key,
+        progress=run.progress,
+    )
+    del uncut
+    initial = copy.deepcopy(run.student.state_dict())
+    results = distill_layers(
+        run.student,
+        blocks,
+        store,
+        run.work / "layerwise",
+        list(range(len(run.train))),
+        list(range(len(run.train), len(texts))),
+        epochs=run.config.layerwise_epochs,
+        lr=run.config.layerwise_lr,
+        seconds=max(0.0, seconds - (time.perf_counter() - t0)),
+        seed=run.config.seed,
+        progress=run.progress,
+    )
+    after = run.score()
+    entry = {
+        "assistant": str(run.assistant_folder),
+        "blocks": [r.as_dict() for r in results],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if _judge(run, "layer-local", before, after, entry):
+        return store, layers_to_train(blocks)[0].start
+    run.student.load_state_dict(initial)
+    return None
+
+
+def _rank_examples(run: Run) -> RankExamples:
+    train_vecs = run.teacher_vecs[: len(run.train)]
+    docs = set(run.texts.by_source.get("documents", []))
+    query_like = run.texts.all_queries() | set(run.texts.by_source.get("sentences", []))
+    d_idx = [i for i, t in enumerate(run.train) if t in docs]
+    q_idx = [i for i, t in enumerate(run.train) if t in query_like]
+    examples = mine_rank_examples(
+        [run.train[i] for i in q_idx],
+        train_vecs[q_idx],
+        [run.train[i] for i in d_idx],
+        train_vecs[d_idx],
+        seed=run.config.seed,
+    )
+    logger.info("mined %d ranking examples over %d documents", len(examples), len(d_idx))
+    return examples
+
+
+def _validation_states(run: Run, prefix: Any, key: str, boundary: int) -> ValidationStates:
+    doc_ids, doc_texts = corpus_texts(run.val.corpus)
+    query_ids = list(run.val.queries)
+    texts = doc_texts + [run.val.queries[q] for q in query_ids]
+    store = fill_store(
+        states_dir(f"{key}|val"), prefix, texts, [boundary], model_hash=key, progress=False
+    )
+    n = len(doc_ids)
+    return ValidationStates(
+        store,
+        boundary,
+        doc_ids,
+        list(range(n)),
+        query_ids,
+        list(range(n, n + len(query_ids))),
+        run.val.qrels,
+    )
+
+
+def frozen_prefix(run: Run) -> int:
+    """Index of the first layer the teacher stage trains (the layers below are frozen)."""
+    n = len(run.backbone.encoder.layer)
+    return max(0, n - run.config.top_layers)
+
+
+def teacher_stage(
+    run: Run, seconds: float, assistant: tuple[StateStore, int] | None
+) -> dict[str, Any]:
+    """Train the student's top layers on the teacher's rankings, frozen prefix cached.
+
+    Args:
+        assistant: The layer-local stage's store and its prefix boundary, reused for
+            the training texts when that stage trained the same layers.
+    """
+    t0 = time.perf_counter()
+    first = frozen_prefix(run) if assistant is None else assistant[1]
+    first = min(first, len(run.backbone.encoder.layer) - 1)
+    prefix = layer_subset(run.student, tuple(range(first)), "the student") if first else None
+    key = f"{run.student_key}|prefix{first}|{run.window}"
+    if prefix is None:  # nothing frozen but the embeddings: boundary 0 of the student
+        prefix = copy.deepcopy(run.student)
+    val = _validation_states(run, prefix, key, first)
+    if assistant is not None:
+        store, boundary = assistant
+    else:
+        store = fill_store(
+            states_dir(key),
+            prefix,
+            run.train + run.held,
+            [first],
+            model_hash=key,
+            progress=run.progress,
+        )
+        boundary = first
+    del prefix
+    examples = _rank_examples(run)
+    rows = {t: i for i, t in enumerate(run.train)}
+    top = Top(run.student, first)
+    initial = copy.deepcopy(run.student.state_dict())
+    result = train_top(
+        top,
+        store,
+        boundary,
+        rows,
+        examples,
+        val,
+        run.work / "teacher",
+        batch_size=run.config.batch_size,
+        lr=run.config.lr,
+        temperature=run.config.temperature,
+        seconds=max(0.0, seconds - (time.perf_counter() - t0)),
+        eval_steps=run.config.eval_steps,
+        seed=run.config.seed,
+        progress=run.progress,
+    )
+    entry = {
+        "trained_layers": list(range(first, len(run.backbone.encoder.layer))),
+        "train_examples": len(examples),
+        **result.as_dict(),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if not _judge(run, "teacher", result.before, result.best, entry):
+        run.student.load_state_dict(initial)
+    return entry
+
+
+def end_to_end_stage(
+    run: Run, seconds: float, before: float, targets: np.ndarray, heldout: FidelityEvaluator
+) -> dict[str, Any]:
+    """The whole student trained end to end against the teacher (sentence-transformers'
+    trainer), for students whose layers cannot run alone and for the MSE losses."""
+    config = run.config
+    rank = _rank_examples(run) if config.loss == "rank" else None
+    dataset, loss = training_objective(
+        run.student,
+        config.loss,
+        texts=run.train,
+        targets=targets[: len(run.train)],
+        teacher=run.teacher_vecs[: len(run.train)],
+        rank=rank,
+        temperature=config.temperature,
+    )
+    initial = copy.deepcopy(run.student.state_dict())
+    info = train_student(
+        run.student,
+        dataset,
+        loss,
+        RetrievalEvaluator(run.val) if config.loss == "rank" else heldout,
+        run.work / "e2e",
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        max_minutes=seconds / 60,
+        eval_steps=config.eval_steps,
+        seed=config.seed,
+    )
+    info["train_examples"] = len(dataset)
+    if config.loss == "rank" and info["best_score"] is not None:
+        after = float(info["best_score"])  # checkpoints were chosen by this score
+    else:
+        after = run.score()
+    entry = {**info, "seconds": info["train_seconds"]}
+    if not _judge(run, "end-to-end", before, after, entry):
+        run.student.load_state_dict(initial)
+    return entry

@@ -1,0 +1,120 @@
+"""Layer-local distillation: block plans, the loss, the state store, and a trained block."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from distill.layerwise import (
+    Block,
+    boundaries,
+    distill_layers,
+    layer_local_loss,
+    layers_to_train,
+    plan_blocks,
+)
+from distill.states import fill_store
+from distill.student import layer_subset
+
+
+@pytest.fixture(scope="module")
+def tiny3(tiny_model_3l: Path) -> Path:
+    return tiny_model_3l
+
+
+@pytest.fixture(scope="module")
+def texts(scifact_slice: Path) -> list[str]:
+    docs = [json.loads(line) for line in (scifact_slice / "corpus.jsonl").read_text().splitlines()]
+    out = [f"{d['title']} {d['text']}" for d in docs]
+    out += [s for d in docs for s in d["text"].split(". ")[:3] if len(s) > 30]
+    return out[:240]
+
+
+def test_blocks_of_a_cut() -> None:
+    blocks = plan_blocks((0, 1, 3, 5), 6)
+    assert blocks == [Block(0, 1, 0, 0), Block(1, 2, 1, 1), Block(2, 4, 3, 2), Block(4, 6, 5, 3)]
+    assert [b.index for b in layers_to_train(blocks)] == [2, 3]
+    assert boundaries(blocks) == [2, 4, 6]
+    # leading layers dropped: the first kept layer stands for them all
+    assert plan_blocks((2, 5), 6) == [Block(0, 3, 2, 0), Block(3, 6, 5, 1)]
+    # an uncut model has nothing to train
+    assert layers_to_train(plan_blocks((0, 1, 2), 3)) == []
+    for bad in ((), (1, 1), (3, 1), (0, 6)):
+        with pytest.raises(ValueError, match="distinct ascending layers"):
+            plan_blocks(bad, 6)
+
+
+def test_layer_local_loss_by_hand() -> None:
+    target = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [9.0, 9.0]]])
+    pred = torch.tensor([[[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding: ignored on both sides
+    # error (0 + 1) + (0 + 4) = 5 over energy 1 + 4 = 5
+    assert float(layer_local_loss(pred, target, mask)) == pytest.approx(1.0)
+    assert float(layer_local_loss(target, target, mask)) == 0.0
+
+
+def test_store_resumes_to_the_same_states(
+    tiny3: Path, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distill.states as states
+
+    model = SentenceTransformer(str(tiny3), device="cpu")
+    monkeypatch.setattr(states, "FILL_BATCH_TOKENS", 256)  # many small batches
+    whole = fill_store(tmp_path / "a", model, texts, [1, 3], model_hash="m", progress=False)
+    calls = {"n": 0}
+    real_scatter = states.scatter
+
+    def dying_scatter(*args: object, **kw: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 70:  # after 17 batches of two boundaries (progress every 16)
+            raise KeyboardInterrupt
+        real_scatter(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(states, "scatter", dying_scatter)
+    with pytest.raises(KeyboardInterrupt):
+        fill_store(tmp_path / "b", model, texts, [1, 3], model_hash="m", progress=False)
+    assert json.loads((tmp_path / "b" / "progress.json").read_text())["batches"] == 32
+    monkeypatch.setattr(states, "scatter", real_scatter)
+    resumed = fill_store(tmp_path / "b", model, texts, [1, 3], model_hash="m", progress=False)
+    for b in (1, 3):
+        assert np.array_equal(np.asarray(whole.arrays[b]), np.asarray(resumed.arrays[b]))
+    # the states are what the model computes: boundary 3 is the last hidden state
+    feats = model.preprocess(texts[:1])
+    with torch.inference_mode():
+        last = model[0].auto_model(**feats).last_hidden_state[0].numpy()
+    assert np.allclose(whole.batch(3, [0])[0][0].numpy(), last, atol=2e-2)
+
+
+def test_a_trained_block_lowers_its_loss_and_moves_the_cut_towards_the_uncut(
+    tiny3: Path, texts: list[str], tmp_path: Path
+) -> None:
+    uncut = SentenceTransformer(str(tiny3), device="cpu")
+    cut = layer_subset(uncut, (0, 2), "tiny3")  # layers 1-2 replaced by layer 2
+    blocks = plan_blocks((0, 2), 3)
+    store = fill_store(tmp_path / "s", uncut, texts, boundaries(blocks), model_hash="u")
+    held = list(range(200, len(texts)))
+    initial = [e.copy() for e in (cut.encode(texts[200:]), uncut.encode(texts[200:]))]
+    cos_before = float((initial[0] * initial[1]).sum(1).mean())
+    (result,) = distill_layers(
+        cut,
+        blocks,
+        store,
+        tmp_path / "w",
+        list(range(200)),
+        held,
+        epochs=30,
+        lr=3e-3,
+        seconds=120,
+        seed=0,
+        progress=False,
+    )
+    # a random 2-layer block is far from one layer; a trained layer gets well closer
+    assert result.held_loss_after < 0.7 * result.held_loss_before
+    after = cut.encode(texts[200:])
+    cos_after = float((after * initial[1]).sum(1).mean())
+    assert cos_after > cos_before + 0.5 * (1 - cos_before)
