@@ -20,6 +20,7 @@ import typer
 from distill.config import DistillConfig
 from indexer.options import BuildOptions
 from search.corpus import Fields, ReadReport, Record
+from search.hybrid import DEFAULT_FUSION, DEFAULT_WEIGHT, RRF_C
 from search.types import DistilsearchError
 
 if TYPE_CHECKING:
@@ -353,15 +354,12 @@ def eval_(
     batch_size: EncodeBatch = 32,
     backend: BackendOpt = "auto",
     cache: Annotated[bool, typer.Option(help="Reuse and fill the embedding cache.")] = True,
-    fusion: Annotated[str, typer.Option(help="hybrid: rrf|convex.")] = "convex",
-    weight: Annotated[float, typer.Option(help="hybrid: dense share in [0, 1].")] = 0.5,
-    rrf_c: Annotated[int, typer.Option(help="hybrid: RRF constant c.")] = 60,
+    fusion: Annotated[str, typer.Option(help="hybrid: rrf|convex.")] = DEFAULT_FUSION.value,
+    weight: Annotated[float, typer.Option(help="hybrid: dense share in [0, 1].")] = DEFAULT_WEIGHT,
+    rrf_c: Annotated[int, typer.Option(help="hybrid: RRF constant c.")] = RRF_C,
     verbose: Verbose = False,
 ) -> None:
-    """Evaluate dense, bm25 or hybrid search on a BEIR dataset: nDCG@10, Recall@100, MAP, MRR.
-
-    Hybrid defaults (convex, weight 0.5) were chosen on SciFact's train split.
-    """
+    """Evaluate dense, bm25 or hybrid search on a BEIR dataset: nDCG@10, Recall@100, MAP, MRR."""
     _setup(verbose)
     from search.assets import embeddings_dir
     from search.corpus import load_beir

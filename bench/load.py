@@ -51,7 +51,7 @@ from search.assets import cache_dir, embeddings_dir, resolve_model
 from search.corpus import load_beir
 from search.embed_cache import cache_for
 from search.encoder import Encoder, load_encoder
-from search.index_folder import read_manifest
+from search.index_folder import read_index_manifest as read_manifest
 from search.types import DataError, document_text
 
 DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) / "scifact"

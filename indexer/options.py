@@ -40,7 +40,7 @@ class BuildOptions:
         recall_queries: Sampled vectors the recall is measured on.
         ondisk: Keep an IVF index's inverted lists in ``index.ivfdata``, memory-mapped
             when the folder is loaded (serving needs little RAM); ignored for other types.
-        bm25: Also write the lexical index (`indexer.publish.write_extras`).
+        bm25: Also write the lexical index (`indexer.publish.refresh_bm25`).
         seed: Seed of the training and recall samples.
     """
 
