@@ -51,14 +51,25 @@ def make_stemmer(language: str | None = STEMMER_LANGUAGE) -> Any:
     return Stemmer.Stemmer(language)
 
 
+def _bm25s() -> Any:
+    """The bm25s module. Importing it sets its logger to DEBUG, which would print its
+    debug lines through the application's handlers whatever level the application
+    chose; the level the ``bm25s`` logger had before (NOTSET unless someone set it)
+    is put back."""
+    log = logging.getLogger("bm25s")
+    level = log.level
+    import bm25s
+
+    log.setLevel(level)
+    return bm25s
+
+
 def tokenize(texts: Sequence[str], stemmer: Any) -> list[list[str]]:
     """Lower-cased word tokens without English stopwords, stemmed when `stemmer` is given.
 
     bm25s's tokenizer with `STOPWORDS`; every BM25 index and query goes through here.
     """
-    import bm25s
-
-    tokens = bm25s.tokenize(
+    tokens = _bm25s().tokenize(
         list(texts), stopwords=STOPWORDS, stemmer=stemmer, return_ids=False, show_progress=False
     )
     return [[t for t in doc if t] for doc in tokens]  # type: ignore[union-attr]
@@ -92,13 +103,11 @@ class BM25Index:
         Raises:
             ValueError: `rows` does not have one entry per text.
         """
-        import bm25s
-
         keys = np.arange(len(texts), dtype=np.int64) if rows is None else np.asarray(rows)
         if keys.shape != (len(texts),):
             raise ValueError(f"rows has shape {keys.shape}; expected ({len(texts)},), one per text")
         stemmer = make_stemmer()
-        model = bm25s.BM25()
+        model = _bm25s().BM25()
         model.index(tokenize(texts, stemmer), show_progress=False)
         meta = {
             "format_version": BM25_FORMAT_VERSION,
@@ -172,8 +181,6 @@ def load_bm25(index_dir: Path, *, verify: bool = True) -> BM25Index:
         DataError: no BM25 index, a stale one, or one that needs PyStemmer when it
             is not installed.
     """
-    import bm25s
-
     folder = index_dir / BM25_DIR
     meta = read_bm25_meta(index_dir)
     if verify and meta.get("docs_sha256") != sha256_file(index_dir / DOCSTORE_FILE):
@@ -187,7 +194,7 @@ def load_bm25(index_dir: Path, *, verify: bool = True) -> BM25Index:
             f"{folder} was built with the {meta['stemmer']} stemmer but PyStemmer is not "
             "installed; install it with `pip install PyStemmer`"
         )
-    model = bm25s.BM25.load(str(folder), load_corpus=False, show_progress=False)
+    model = _bm25s().BM25.load(str(folder), load_corpus=False, show_progress=False)
     rows = np.load(folder / ROWS_FILE).astype(np.int64)
     if rows.shape[0] != int(model.scores["num_docs"]):
         raise DataError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -78,6 +79,15 @@ def tiny_model_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_3l(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like `tiny_model` but with 3 layers (a model with a block of two to cut)."""
     return _build_tiny(tmp_path_factory.mktemp("tiny3l"), layers=3)
+
+
+@pytest.fixture(scope="session")
+def distilsearch_cmd() -> list[str]:
+    """The `distilsearch` command as a user runs it (the console script of this venv)."""
+    script = Path(sys.executable).with_name("distilsearch")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "from api.cli import main; main()"]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,20 @@ def test_option_defaults_are_the_settings_classes_defaults() -> None:
             assert given[field.name] == field.default, (command, field.name)
     with pytest.raises(TypeError, match="'data'"):
         _default(DistillConfig, "data")  # required: no default to take
+
+
+def test_index_prints_no_library_debug_lines(
+    distilsearch_cmd: list[str], tiny_model: Path, small_jsonl: Path, tmp_path: Path
+) -> None:
+    """A fresh process, as a user runs it: bm25s sets its own logger to DEBUG when it
+    is imported, after the command chose the levels."""
+    args = ["index", "--model", str(tiny_model), "--data", str(small_jsonl)]
+    r = subprocess.run(
+        [*distilsearch_cmd, *args, "--out", str(tmp_path / "idx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "indexed into" in r.stdout
+    assert "DEBUG" not in r.stdout + r.stderr, r.stderr
