@@ -2,6 +2,7 @@
 
     python bench/load.py [--student all-MiniLM-L6-v2|PATH] [--requests 400]
                          [--levels 1,8,16,32] [--rss-requests 10000] [--teacher-docs N]
+                         [--p99-ms 25] [--no-capacity]
 
 Builds (once, cached under ~/.cache/distilsearch/bench) a Flat index of SciFact for
 the student and one for the teacher from the embedding cache, and starts three real
@@ -13,6 +14,14 @@ other processes falls on all of them alike: a bounded number of requests, bounde
 time too. Prints p50/p95/p99 latency, QPS and errors per level and server; student
 QPS over teacher QPS; the gain of micro-batching; and the student's RSS before and
 after ``--rss-requests`` more requests.
+
+Then the capacity at a latency bound, for the student and the teacher in alternating
+levels: the highest request rate at fixed arrival times (open loop,
+`bench/open_loop.py`) whose p99 stays at or under ``--p99-ms`` with no errors, found by
+doubling then bisection, each level bounded in requests and seconds; and the server
+process's CPU milliseconds per request at that rate (psutil, user + system, over the
+level). Latency counts from each request's scheduled time, and the client's own lag is
+printed beside it: a level whose lag is large measured the client, not the server.
 
 The load comes from wrk (``apt-get install wrk``; one C thread, ``bench/wrk_search.lua``)
 when it is installed, else from httpx (async Python). The client shares the
@@ -46,12 +55,20 @@ import httpx
 import numpy as np
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from bench.open_loop import (
+    CapacitySearch,
+    OpenLoopResult,
+    http_post,
+    level_size,
+    run_open_loop,
+)
 from indexer.build import build_index
 from search.assets import cache_dir, embeddings_dir, resolve_model
 from search.corpus import load_beir
 from search.embed_cache import cache_for
 from search.encoder import Encoder, load_encoder
-from search.index_folder import read_index_manifest as read_manifest
+from search.index_folder import read_index_manifest
 from search.types import DataError, document_text
 
 DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) / "scifact"
@@ -104,7 +121,7 @@ def _index(
             )
     out = root / f"{name}-{encoder.model_hash}-{len(docs)}"
     try:
-        if read_manifest(out)["count"] == len(docs):
+        if read_index_manifest(out)["count"] == len(docs):
             return out
     except DataError:
         pass
@@ -163,6 +180,21 @@ class Server:
 
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far, all threads."""
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def wait_idle(self, max_s: float = 30.0, busy: float = 0.1) -> None:
+        """Wait until the server uses under `busy` of a core over 0.5 s (a failed level
+        can leave it working through a queue), at most `max_s`."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            before = self.cpu_seconds()
+            time.sleep(0.5)
+            if self.cpu_seconds() - before < busy * 0.5:
+                return
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -292,6 +324,104 @@ def _fmt(r: Level) -> str:
     )
 
 
+def _run_async(coro: Any) -> Any:
+    """Run `coro` on uvloop when installed (a lighter client), else on asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def open_level(
+    server: Server, queries: list[str], rate: float, count: int, drain_s: float
+) -> OpenLoopResult:
+    """`count` searches at `rate` per second against `server`, open loop."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    requests = [
+        http_post(host, int(port), "/search", json.dumps({"query": q, "k": K}).encode())
+        for q in queries
+    ]
+
+    def good(status: int, body: bytes) -> bool:
+        return status == 200 and body.count(b'"id":') == K
+
+    coro = run_open_loop(
+        host,
+        int(port),
+        requests,
+        rate,
+        count,
+        drain_s=drain_s,
+        good=good,
+        cpu_seconds=server.cpu_seconds,
+    )
+    result: OpenLoopResult = _run_async(coro)
+    return result
+
+
+def _fmt_open(name: str, r: OpenLoopResult, passed: bool) -> str:
+    cpu = r.cpu_ms_per_request
+    return (
+        f"{name:<22} {r.rate:>8.1f} {r.sent:>6} {r.errors:>6} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
+        f"{r.lag_p99_ms:>8.1f} {r.achieved:>8.1f} {'-' if cpu is None else f'{cpu:.2f}':>8} "
+        f"{'pass' if passed else 'FAIL':>5}"
+    )
+
+
+def capacity(
+    servers: dict[str, Server], queries: list[str], args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """The capacity at p99 <= ``args.p99_ms`` of each server, searched in alternating
+    levels (see `CapacitySearch`), each bounded by ``args.level_seconds`` and
+    ``args.level_requests``.
+
+    Returns:
+        Per server: ``rate`` (requests/s; 0 when even ``args.capacity_floor`` failed),
+        ``cpu_ms_per_request`` at that rate (else at the lowest rate tried), ``bounded``
+        (True when the ceiling passed) and every level.
+    """
+    searches = {
+        name: CapacitySearch(start=args.capacity_start, precision=args.capacity_precision)
+        for name in servers
+    }
+    levels: dict[str, list[tuple[OpenLoopResult, bool]]] = {name: [] for name in servers}
+    print(
+        f"\ncapacity at p99 <= {args.p99_ms:g} ms (open loop, fixed arrival times; latency "
+        "from the scheduled time; lag = how late the client sent, p99)"
+    )
+    head = f"{'server':<22} {'req/s':>8} {'sent':>6} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} "
+    print(head + f"{'lag ms':>8} {'done/s':>8} {'CPU ms':>8} {'':>5}", flush=True)
+    while True:
+        todo = [(name, rate) for name, s in searches.items() if (rate := s.next_rate())]
+        if not todo:
+            break
+        for name, rate in todo:
+            count = level_size(
+                rate,
+                seconds=args.level_seconds,
+                min_requests=args.level_min_requests,
+                max_requests=args.level_requests,
+            )
+            result = open_level(servers[name], queries, rate, count, args.drain_seconds)
+            passed = result.meets(args.p99_ms)
+            searches[name].record(rate, passed)
+            levels[name].append((result, passed))
+            print(_fmt_open(name, result, passed), flush=True)
+            servers[name].wait_idle()
+    found = {}
+    for name, search in searches.items():
+        at = [r for r, ok in levels[name] if ok and r.rate == search.capacity]
+        cpu_at = at[0] if at else min((r for r, _ in levels[name]), key=lambda r: r.rate)
+        found[name] = {
+            "rate": search.capacity,
+            "bounded": search.capacity < search.ceiling,
+            "cpu_ms_per_request": cpu_at.cpu_ms_per_request,
+            "levels": [{**asdict(r), "passed": ok} for r, ok in levels[name]],
+        }
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", default="all-MiniLM-L6-v2", help="model name or folder")
@@ -315,11 +445,30 @@ def main() -> None:
         default="wrk" if shutil.which("wrk") else "httpx",
         help="load generator: wrk (C, light; apt-get install wrk) or httpx (Python)",
     )
+    parser.add_argument(
+        "--capacity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search the open-loop capacity of student and teacher at --p99-ms",
+    )
+    parser.add_argument("--p99-ms", type=float, default=25.0, help="capacity: latency bound")
+    parser.add_argument(
+        "--level-seconds", type=float, default=10.0, help="capacity: seconds of load per level"
+    )
+    parser.add_argument("--level-requests", type=int, default=3000, help="capacity: most per level")
+    parser.add_argument(
+        "--level-min-requests", type=int, default=200, help="capacity: fewest per level (p99)"
+    )
+    parser.add_argument("--drain-seconds", type=float, default=5.0, help="capacity: answer wait")
+    parser.add_argument("--capacity-start", type=float, default=8.0, help="first rate, req/s")
+    parser.add_argument(
+        "--capacity-precision", type=float, default=0.1, help="stop at this relative gap"
+    )
     parser.add_argument("--out", type=Path, default=cache_dir() / "bench")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
 
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]  # "": no closed loop
     docs, queries = _docs(args.data)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if args.torch_threads:
@@ -348,8 +497,8 @@ def main() -> None:
         ) -> tuple[list[float], int, float]:
             return asyncio.run(_drive_httpx(url, queries, clients, requests, max_s))
 
-    s_name = f"student ({read_manifest(s_index)['count']} docs)"
-    t_name = f"teacher ({read_manifest(t_index)['count']} docs)"
+    s_name = f"student ({read_index_manifest(s_index)['count']} docs)"
+    t_name = f"teacher ({read_index_manifest(t_index)['count']} docs)"
     o_name = "student, no batching"
     servers: dict[str, Server] = {}
     try:
@@ -390,6 +539,9 @@ def main() -> None:
             s_rows.append(rows[0])
             t_rows.append(rows[1])
             o_rows += rows[2:]
+        found: dict[str, dict[str, Any]] = {}
+        if args.capacity:
+            found = capacity({n: servers[n] for n in (s_name, t_name)}, queries, args)
         rss: dict[str, float] = {}
         if args.rss_requests:
             served = servers[s_name]
@@ -400,8 +552,19 @@ def main() -> None:
     finally:
         for server in servers.values():
             server.stop()
-    summary: dict[str, Any] = {"rss": rss}
+    summary: dict[str, Any] = {"rss": rss, "capacity": found}
     print()
+    for name, got in found.items():
+        cpu = got["cpu_ms_per_request"]
+        print(
+            f"capacity at p99 <= {args.p99_ms:g} ms: {name} {got['rate']:.1f} req/s"
+            f"{'' if got['bounded'] else ' or more'}, "
+            f"{'-' if cpu is None else f'{cpu:.2f}'} ms CPU per request"
+        )
+    if len(found) == 2 and found[t_name]["rate"] > 0:
+        ratio = found[s_name]["rate"] / found[t_name]["rate"]
+        summary["capacity_ratio"] = ratio
+        print(f"capacity student/teacher: {ratio:.1f}x")
     if rss:
         print(
             f"student RSS: {rss['before_mb']:.0f} MB before, {rss['after_mb']:.0f} MB after "

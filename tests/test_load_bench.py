@@ -1,0 +1,158 @@
+"""bench/open_loop.py: the open-loop generator keeps its schedule, and the capacity
+search finds the rate a toy server with a known latency model can sustain."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ holds scripts
+from bench.open_loop import (
+    CapacitySearch,
+    OpenLoopResult,
+    http_post,
+    level_size,
+    run_open_loop,
+)
+
+BODY = b'{"query": "q", "k": 10}'
+
+
+class ToyServer:
+    """HTTP/1.1 on 127.0.0.1 in a thread, answering ``{}`` with a latency the test sets.
+
+    Each request waits for one FIFO worker that takes `service_s` per request (so
+    above ``1 / service_s`` requests/s a queue builds up without bound), then
+    `delay_s` more on its own (a latency that does not queue). Times are absolute, so
+    timer jitter does not accumulate.
+    """
+
+    def __init__(self, *, service_s: float = 0.0, delay_s: float = 0.0) -> None:
+        self.service_s, self.delay_s = service_s, delay_s
+        self.free_at = 0.0
+        self.loop = asyncio.new_event_loop()
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = int(server.sockets[0].getsockname()[1])
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(x.split(b":")[1])
+                    for x in head.split(b"\r\n")
+                    if x.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            now = self.loop.time()
+            if self.service_s:
+                self.free_at = max(now, self.free_at) + self.service_s
+                done = self.free_at + self.delay_s
+            else:
+                done = now + self.delay_s
+            await asyncio.sleep(max(0.0, done - self.loop.time()))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        writer.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+Toy = Callable[..., ToyServer]
+
+
+@pytest.fixture
+def toy() -> Iterator[Toy]:
+    servers: list[ToyServer] = []
+
+    def make(**latency: float) -> ToyServer:
+        servers.append(ToyServer(**latency))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def _level(server: ToyServer, rate: float, count: int) -> OpenLoopResult:
+    request = http_post("127.0.0.1", server.port, "/search", BODY)
+    return asyncio.run(run_open_loop("127.0.0.1", server.port, [request], rate, count))
+
+
+def test_open_loop_keeps_its_schedule_when_answers_are_slow(toy: Toy) -> None:
+    server = toy(delay_s=0.05)  # 50 ms each: one connection in a closed loop does 20/s
+
+    got = _level(server, rate=100, count=50)
+
+    assert got.ok == 50 and got.errors == 0
+    assert got.seconds < 0.49 + 0.05 + 0.3, got  # the schedule's 0.49 s plus one answer
+    assert got.achieved > 60, got
+    assert 50 <= got.p50_ms < 120, got
+    assert got.lag_p99_ms < 100, got
+
+
+def test_latency_counts_from_the_scheduled_time_under_overload(toy: Toy) -> None:
+    server = toy(service_s=0.02)  # 50 requests/s at most
+
+    got = _level(server, rate=200, count=40)
+
+    # The last request is scheduled at 0.195 s and served at about 0.8 s.
+    assert got.ok == 40 and got.p99_ms > 400, got
+
+
+def test_capacity_of_a_queueing_toy_server(toy: Toy) -> None:
+    server = toy(service_s=0.01)  # a queue builds above 100 requests/s
+    search = CapacitySearch(start=16, precision=0.1)
+    while (rate := search.next_rate()) is not None:
+        count = level_size(rate, seconds=1.0, min_requests=50, max_requests=400)
+        search.record(rate, _level(server, rate, count).meets(40.0))
+
+    # Below 100/s latency is 10 ms; above, a 1-s level ends with a queue of
+    # (rate - 100) × 10 ms, past 40 ms from about 103/s.
+    assert 50 <= search.capacity <= 105, search
+
+
+def test_capacity_search_doubles_then_bisects() -> None:
+    search = CapacitySearch(start=8, precision=0.05)
+    tried = []
+    while (rate := search.next_rate()) is not None:
+        tried.append(rate)
+        search.record(rate, rate <= 137)
+    assert tried[:6] == [8, 16, 32, 64, 128, 256]
+    assert 137 / 1.05 <= search.capacity <= 137 and search.failed is not None
+    assert search.failed <= search.capacity * 1.05
+
+    never = CapacitySearch(start=8, floor=1)
+    while (rate := never.next_rate()) is not None:
+        never.record(rate, False)
+    assert never.capacity == 0 and never.failed == 1
+
+    always = CapacitySearch(start=8, ceiling=100)
+    while (rate := always.next_rate()) is not None:
+        always.record(rate, True)
+    assert always.capacity == 100 and always.levels == 5  # 8, 16, 32, 64, 100
+
+
+def test_cpu_per_request_and_level_size(toy: Toy) -> None:
+    server = toy()
+    clock = iter([10.0, 10.5])
+    request = http_post("127.0.0.1", server.port, "/search", BODY)
+    got = asyncio.run(
+        run_open_loop("127.0.0.1", server.port, [request], 100, 20, cpu_seconds=lambda: next(clock))
+    )
+    assert got.ok == 20 and got.cpu_ms_per_request == pytest.approx(500 / 20)
+
+    assert level_size(1000, seconds=10, min_requests=200, max_requests=3000) == 3000
+    assert level_size(50, seconds=10, min_requests=200, max_requests=3000) == 500
+    assert level_size(10, seconds=10, min_requests=200, max_requests=3000) == 200
+    assert level_size(2, seconds=10, min_requests=200, max_requests=3000) == 60
