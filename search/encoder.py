@@ -2,7 +2,9 @@
 
 `load_encoder` resolves a model name or folder (see `search.assets`) and returns the
 fastest artifact the folder holds unless a backend is forced: ONNX int8, then ONNX
-fp32 (files under ``onnx/`` written by ``distill``), then torch.
+fp32 (files under ``onnx/`` written by ``distill``), then torch. A static model folder
+(`search.static_encoder`) is encoded by model2vec (``static``), or by
+sentence-transformers' ``StaticEmbedding`` when ``torch`` is forced.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from tqdm.auto import tqdm
 from search.assets import model_hash, resolve_model
 from search.batching import DEFAULT_BATCH_TOKENS, token_batches
 from search.onnx_encoder import FP32_FILE, INT8_FILE, ONNX_DIR, OnnxEncoder
+from search.static_encoder import STATIC_BACKEND, StaticEncoder, is_static_folder
 from search.types import AssetError
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8")
+Backend = Literal["auto", "torch", "onnx", "onnx-int8", "static"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8", STATIC_BACKEND)
 _DEFAULT_WINDOW = 512  # tokens, for a model that does not say its max_seq_length
 
 
@@ -139,13 +142,16 @@ class TorchEncoder:
 
 
 def available_backends(folder: Path) -> list[str]:
-    """Backends a model folder supports, fastest first: ONNX int8, ONNX, torch.
+    """Backends a model folder supports, fastest first: ONNX int8, ONNX, torch; a
+    static model folder: static (model2vec), then torch.
 
     An int8 model is only written when it passed its quality gate, and it encodes
     faster than fp32 ONNX on CPUs even without int8 dot-product instructions and
     with the MatMuls that gate keeps in fp32, so it leads wherever it exists;
     ``--backend onnx`` selects fp32.
     """
+    if is_static_folder(folder):
+        return [STATIC_BACKEND, "torch"]
     found = []
     if (folder / ONNX_DIR / INT8_FILE).is_file():
         found.append("onnx-int8")
@@ -166,7 +172,8 @@ def load_encoder(
     Args:
         name_or_path: A model name known to `search.assets` or a model folder.
         backend: ``auto`` picks the fastest artifact the folder holds
-            (ONNX int8 > ONNX > torch); the others force one and fail if it is absent.
+            (ONNX int8 > ONNX > torch; static for a static model); the others force
+            one and fail if it is absent.
         threads: onnxruntime intra-op threads of an ONNX encoder (default: every core);
             torch encoders use torch's process-wide setting.
 
@@ -186,6 +193,8 @@ def load_encoder(
         )
     if chosen == "torch":
         return TorchEncoder(folder, name=name)
+    if chosen == STATIC_BACKEND:
+        return StaticEncoder(folder, name=name)
     return OnnxEncoder(folder, name=name, quantized=chosen == "onnx-int8", threads=threads)
 
 
