@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.quantize import QualityGate
+from distill.static_options import STATIC_PREFIX, StaticOptions
 from search.assets import TEACHER_NAME
 
 _GENERIC = "msmarco-queries.txt"
@@ -33,17 +34,24 @@ class StudentSpec:
     ``all-MiniLM-L6-v2`` or a folder names a pretrained sentence-transformers model;
     ``<model>:layers=0,1,3,5`` keeps those encoder layers of it; ``teacher:layers=...``
     (or ``mpnet:layers=...``) keeps layers of the teacher, e.g. ``mpnet:layers=0,4,8,11``.
+    ``static`` or ``static:KEY=VALUE,...`` is a static student distilled from the teacher
+    (`distill.static`; keys in `distill.static_options.StaticOptions`).
 
     Attributes:
-        model: The model to start from; None for the teacher.
+        model: The model to start from; None for the teacher (and a static student).
         layers: Encoder layers to keep, ascending; None for all.
+        static: The options of a static student; None for a transformer student.
     """
 
     model: str | None
     layers: tuple[int, ...] | None
+    static: StaticOptions | None = None
 
     @classmethod
     def parse(cls, spec: str) -> StudentSpec:
+        head, _, options = spec.partition(":")
+        if head.lower() == STATIC_PREFIX:  # a folder named "static" is passed as ./static
+            return cls(None, None, StaticOptions.parse(options))
         if ":layers=" in spec:
             prefix, raw = spec.split(":layers=", 1)
             try:

@@ -171,6 +171,10 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     (layer-local, then teacher; each gated on validation nDCG@10) -> publish ->
     compress (ONNX, int8 behind its gate) -> report.
     """
+    if StudentSpec.parse(config.student).static is not None:  # --student static[:...]
+        from distill.static import distill_static
+
+        return distill_static(config, progress=progress)
     spec = config.validate()
     device = resolve_device(config.device)
     # resolved first: a misspelt student fails now, not after labelling
