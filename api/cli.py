@@ -36,6 +36,10 @@ app = typer.Typer(
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 BackendOpt = Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")]
 EncodeBatch = Annotated[int, typer.Option(help="Encoding batch size.")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="Torch device of a torch model: cuda, cpu (default: cuda when present)."),
+]
 
 
 def _default(cls: type[Any], name: str) -> Any:
@@ -230,6 +234,7 @@ def index(
     bm25: Annotated[bool, typer.Option(help="Also write the BM25 index.")] = _default(
         BuildOptions, "bm25"
     ),
+    device: DeviceOpt = None,
     verbose: Verbose = False,
 ) -> None:
     """Encode a corpus and write a FAISS index folder (resumable: rerun to continue)."""
@@ -249,7 +254,7 @@ def index(
     try:
         budget = parse_memory(max_memory) if max_memory else None
         records = iter_records(path, fields=fields, on_error=on_error, report=report)  # type: ignore[arg-type]
-        encoder = load_encoder(model, backend=backend)  # type: ignore[arg-type]
+        encoder = load_encoder(model, backend=backend, device=device)  # type: ignore[arg-type]
         if update:
             _upsert(out, records, encoder, report)
             return
@@ -357,6 +362,7 @@ def eval_(
     fusion: Annotated[str, typer.Option(help="hybrid: rrf|convex.")] = DEFAULT_FUSION.value,
     weight: Annotated[float, typer.Option(help="hybrid: dense share in [0, 1].")] = DEFAULT_WEIGHT,
     rrf_c: Annotated[int, typer.Option(help="hybrid: RRF constant c.")] = RRF_C,
+    device: DeviceOpt = None,
     verbose: Verbose = False,
 ) -> None:
     """Evaluate dense, bm25 or hybrid search on a BEIR dataset: nDCG@10, Recall@100, MAP, MRR."""
@@ -377,7 +383,9 @@ def eval_(
     progress = not as_json or sys.stderr.isatty()
     try:
         # The model first: a bad model name fails before the corpus is read.
-        encoder = None if mode == "bm25" else load_encoder(model or "", backend=backend)  # type: ignore[arg-type]
+        encoder = (
+            None if mode == "bm25" else load_encoder(model or "", backend=backend, device=device)  # type: ignore[arg-type]
+        )
         corpus, queries, qrels = load_beir(path, split)
         if encoder is None:
             report = evaluate(None, corpus, queries, qrels, progress=progress)

@@ -215,11 +215,11 @@ def train_top(
     q_rows = [rows[t] for t in examples.queries]
     p_rows = [rows[t] for t in examples.positives]
     n_rows = [rows[t] for t in examples.negatives]
-    order = list(range(n))
     deadline = time.monotonic() + seconds
     t0, stopped, stale = time.perf_counter(), "epochs done", 0
     bar = tqdm(total=planned, initial=step, desc="top layers vs teacher", disable=not progress)
     while step < planned:
+        order = list(range(n))  # this epoch's order: the same after a resume
         random.Random(seed + step // per_epoch).shuffle(order)
         start = (step % per_epoch) * batch_size
         picked = order[start : start + batch_size]

@@ -12,11 +12,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from search.corpus import iter_documents, load_beir
 from search.embed_cache import EmbeddingCache
 from search.encoder import Encoder
 from search.evaluate import corpus_texts, evaluate, exact_search
+from search.significance import paired_test
 from search.types import Corpus, Qrels, Queries
 
 
@@ -72,3 +74,26 @@ def score(encoder: Encoder, val: ValidationSet, cache: EmbeddingCache | None = N
     """nDCG@10 of `encoder` on the validation set."""
     report = evaluate(encoder, val.corpus, val.queries, val.qrels, cache=cache, progress=False)
     return float(report["ndcg@10"])
+
+
+def score_queries(
+    encoder: Encoder, val: ValidationSet, cache: EmbeddingCache | None = None
+) -> dict[str, float]:
+    """nDCG@10 of each validation query (their mean is `score`), for paired tests."""
+    report = evaluate(encoder, val.corpus, val.queries, val.qrels, cache=cache, progress=False)
+    return {q: float(v) for q, v in report["per_query_ndcg@10"].items()}
+
+
+def judge_gain(after: dict[str, float], before: dict[str, float]) -> dict[str, Any]:
+    """How sure the gate can be of a change: mean per-query nDCG@10 difference with its
+    95 % bootstrap interval and paired permutation p-value (`search.significance`).
+
+    The validation set is a few hundred queries, so a change of a few thousandths is
+    within its noise; the report says so instead of reading the sign alone.
+    """
+    test = paired_test(after, before)
+    return {
+        "gain": round(test.mean_diff, 4),
+        "gain_ci95": [round(test.ci_low, 4), round(test.ci_high, 4)],
+        "gain_p": round(test.p_value, 4),
+    }

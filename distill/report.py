@@ -15,9 +15,11 @@ _METHODS = {
 
 def gate_line(gate: dict[str, Any]) -> str:
     """One line: validation nDCG@10 before -> after, and which weights were emitted."""
+    low, high = gate["gain_ci95"]
     return (
         f"{gate['before']:.4f} -> {gate['after']:.4f} (teacher {gate['teacher']:.4f}) on "
-        f"{gate['queries']} queries x {gate['docs']} docs, {gate['source']}; "
+        f"{gate['queries']} queries x {gate['docs']} docs, {gate['source']}; gain "
+        f"{gate['gain']:+.4f} [95 % CI {low:+.4f}, {high:+.4f}], p {gate['gain_p']:.3f}; "
         f"emitted {gate['emitted']} weights ({gate['why']})"
     )
 

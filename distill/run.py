@@ -16,9 +16,11 @@ import numpy as np
 from distill.config import DistillConfig, StudentSpec
 from distill.gate import (
     ValidationSet,
+    judge_gain,
     reserve_train_queries,
     sample_corpus,
     score,
+    score_queries,
     teacher_qrels,
 )
 from distill.layerwise import check_supported
@@ -214,10 +216,10 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         "queries": len(val.queries),
         "docs": len(val.corpus),
         "teacher": score(teacher, val, cache),
-        "before": score(
-            TorchEncoder.from_model(student, "initial", model_hash="x"), val, student_cache
-        ),
     }
+    untrained = TorchEncoder.from_model(student, "initial", model_hash="x")
+    before_q = score_queries(untrained, val, student_cache)
+    gate["before"] = float(np.mean(list(before_q.values())))
     work = config.out.with_name(f".{config.out.name}.work")
     run = Run(
         config=config,
@@ -239,14 +241,15 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     train_stages(run, gate["before"], targets, heldout)
     train_seconds = round(time.perf_counter() - t_train, 1)
     kept = [s for s in run.stages if s["kept"]]
-    gate["after"] = run.score() if kept else gate["before"]
+    after_q = score_queries(TorchEncoder.from_model(student, "trained"), val) if kept else before_q
+    gate["after"] = float(np.mean(list(after_q.values())))
     gate["emitted"] = "trained" if kept else "initial"
     gate["why"] = (
         f"stages kept: {', '.join(s['name'] for s in kept)}"
         if kept
         else "no stage raised validation nDCG@10 above the untrained student"
     )
-    gate["gain"] = round(gate["after"] - gate["before"], 4)
+    gate.update(judge_gain(after_q, before_q))
     last = run.stages[-1] if run.stages else {}
     fid_after = heldout(student)
     speed_texts = held[:64]

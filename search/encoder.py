@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from search.assets import model_hash, resolve_model
 from search.batching import DEFAULT_BATCH_TOKENS, token_batches
+from search.devices import resolve_device
 from search.onnx_encoder import FP32_FILE, INT8_FILE, ONNX_DIR, OnnxEncoder
 from search.static_encoder import STATIC_BACKEND, StaticEncoder, is_static_folder
 from search.types import AssetError
@@ -166,6 +167,7 @@ def load_encoder(
     *,
     backend: Backend = "auto",
     threads: int | None = None,
+    device: str | None = None,
 ) -> Encoder:
     """Load an encoder by model name or folder.
 
@@ -176,9 +178,13 @@ def load_encoder(
             one and fail if it is absent.
         threads: onnxruntime intra-op threads of an ONNX encoder (default: every core);
             torch encoders use torch's process-wide setting.
+        device: Torch device of a torch encoder (`search.devices.resolve_device`:
+            default a CUDA device when one is present, else the CPU); ONNX and static
+            encoders run on the CPU.
 
     Raises:
         AssetError: the model cannot be resolved, or the forced backend is absent.
+        ValueError: `device` names no device this machine has.
     """
     if backend not in BACKENDS:
         raise AssetError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -192,7 +198,7 @@ def load_encoder(
             "export one with `distilsearch distill` or pass --backend torch"
         )
     if chosen == "torch":
-        return TorchEncoder(folder, name=name)
+        return TorchEncoder(folder, name=name, device=resolve_device(device))
     if chosen == STATIC_BACKEND:
         return StaticEncoder(folder, name=name)
     return OnnxEncoder(folder, name=name, quantized=chosen == "onnx-int8", threads=threads)

@@ -118,3 +118,20 @@ def test_a_trained_block_lowers_its_loss_and_moves_the_cut_towards_the_uncut(
     after = cut.encode(texts[200:])
     cos_after = float((after * initial[1]).sum(1).mean())
     assert cos_after > cos_before + 0.5 * (1 - cos_before)
+
+
+def test_the_gate_states_the_noise_of_a_gain() -> None:
+    from distill.gate import judge_gain
+
+    before = {f"q{i}": 0.5 for i in range(200)}
+    # 200 queries, half of them up by 0.2: a real gain, far outside the noise
+    after = {q: v + (0.2 if i % 2 else 0.0) for i, (q, v) in enumerate(before.items())}
+    verdict = judge_gain(after, before)
+    assert verdict["gain"] == pytest.approx(0.1)
+    low, high = verdict["gain_ci95"]
+    assert 0.07 < low < 0.1 < high < 0.13 and verdict["gain_p"] < 0.001
+    # up and down alike: no gain, and the interval says so
+    mixed = {q: v + (0.2 if i % 2 else -0.2) for i, (q, v) in enumerate(before.items())}
+    verdict = judge_gain(mixed, before)
+    assert verdict["gain_ci95"][0] < 0 < verdict["gain_ci95"][1] and verdict["gain_p"] > 0.5
+    assert judge_gain(before, before) == {"gain": 0.0, "gain_ci95": [0.0, 0.0], "gain_p": 1.0}
