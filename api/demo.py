@@ -210,7 +210,7 @@ def _quick(
     data: Path, out: Path, *, model: str, teacher: str, spec: SliceSpec, say: Say
 ) -> DemoResult:
     t0 = time.perf_counter()
-    say(f"[1/3] indexing {data.name} with {model} (the shipped small model; no training)")
+    say(f"[1/3] indexing {data.name} with {_name(model)} (a shipped small model; no training)")
     index_dir = _index(model, data, out / "index", say)
     say(f"      indexed in {_took(t0)}")
 
@@ -224,6 +224,11 @@ def _quick(
         "scores are higher than whole-corpus ones and noisy at this size; the whole "
         "split: `distilsearch demo --full`."
     )
+    say(
+        f"[2/3] comparing the teacher {_name(teacher)} with {_name(model)} on a slice: "
+        f"{len(sub_queries)} test queries, {len(sub_corpus)} documents for the teacher to "
+        "encode (cached afterwards)"
+    )
     key = {
         "data": fingerprint(data),
         "slice": asdict(spec),
@@ -231,14 +236,10 @@ def _quick(
     }
     done = out / RESULTS_JSON
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
-        say(f"[2/3] {done} is up to date; skipping the evaluation")
+        say(f"      {done} is up to date; skipping")
         rows = json.loads(done.read_text())["rows"]
         table = format_table(rows, caption)
     else:
-        say(
-            f"[2/3] comparing the teacher {teacher} with {model} on that slice "
-            f"({len(sub_corpus)} documents for the teacher to encode; cached afterwards)"
-        )
         rows = _evaluate(
             [
                 ("teacher", f"teacher ({_name(teacher)})", teacher),

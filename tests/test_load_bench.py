@@ -36,36 +36,54 @@ class ToyServer:
         self.service_s, self.delay_s = service_s, delay_s
         self.free_at = 0.0
         self.loop = asyncio.new_event_loop()
-        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = int(server.sockets[0].getsockname()[1])
+        start = asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.server = self.loop.run_until_complete(start)
+        self.port = int(self.server.sockets[0].getsockname()[1])
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(x.split(b":")[1])
-                    for x in head.split(b"\r\n")
-                    if x.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            now = self.loop.time()
-            if self.service_s:
-                self.free_at = max(now, self.free_at) + self.service_s
-                done = self.free_at + self.delay_s
-            else:
-                done = now + self.delay_s
-            await asyncio.sleep(max(0.0, done - self.loop.time()))
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        writer.close()
+        try:
+            while await self._answer(reader):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        except asyncio.CancelledError:
+            pass  # stop() ends the connections still open
+        finally:
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> bool:
+        """Read one request and wait out its latency; False when the client left."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(x.split(b":")[1])
+                for x in head.split(b"\r\n")
+                if x.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return False
+        now = self.loop.time()
+        if self.service_s:
+            self.free_at = max(now, self.free_at) + self.service_s
+            done = self.free_at + self.delay_s
+        else:
+            done = now + self.delay_s
+        await asyncio.sleep(max(0.0, done - self.loop.time()))
+        return True
 
     def stop(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 Toy = Callable[..., ToyServer]
