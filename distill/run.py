@@ -210,16 +210,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         # the shipped model's cached vectors; stale for another window or fewer layers
         shipped_hash = model_hash(student_folder)
         student_cache = EmbeddingCache(embeddings_dir(), shipped_hash, int(s0.shape[1]))
-    gate: dict[str, Any] = {
-        "metric": "ndcg@10",
-        "source": val.source,
-        "queries": len(val.queries),
-        "docs": len(val.corpus),
-        "teacher": score(teacher, val, cache),
-    }
-    untrained = TorchEncoder.from_model(student, "initial", model_hash="x")
-    before_q = score_queries(untrained, val, student_cache)
-    gate["before"] = float(np.mean(list(before_q.values())))
+    gate, before_q = _open_gate(teacher, cache, student, student_cache, val)
     work = config.out.with_name(f".{config.out.name}.work")
     run = Run(
         config=config,
@@ -240,16 +231,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     t_train = time.perf_counter()
     train_stages(run, gate["before"], targets, heldout)
     train_seconds = round(time.perf_counter() - t_train, 1)
-    kept = [s for s in run.stages if s["kept"]]
-    after_q = score_queries(TorchEncoder.from_model(student, "trained"), val) if kept else before_q
-    gate["after"] = float(np.mean(list(after_q.values())))
-    gate["emitted"] = "trained" if kept else "initial"
-    gate["why"] = (
-        f"stages kept: {', '.join(s['name'] for s in kept)}"
-        if kept
-        else "no stage raised validation nDCG@10 above the untrained student"
-    )
-    gate.update(judge_gain(after_q, before_q))
+    _close_gate(gate, run, before_q)
     last = run.stages[-1] if run.stages else {}
     fid_after = heldout(student)
     speed_texts = held[:64]
@@ -287,40 +269,92 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         "size_mb": {"teacher": round(folder_size_mb(teacher_folder), 1)},
         "speed_ratio": round(teacher_spt / student_spt, 2),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "config": {
-            "epochs": config.epochs,
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-            "max_minutes": config.max_minutes,
-            "max_texts": config.max_texts,
-            "loss": config.loss,
-            "temperature": config.temperature,
-            "max_seq_length": window,
-            "seed": config.seed,
-            "layerwise_epochs": config.layerwise_epochs,
-            "layerwise_lr": config.layerwise_lr,
-            "layerwise_share": config.layerwise_share,
-            "top_layers": config.top_layers,
-        },
+        "config": _config_facts(config, window),
     }
     student.to("cpu")
     _publish(student, config.out, report)
     shutil.rmtree(work, ignore_errors=True)
     if config.compress:
-        report["compression"] = compress(
-            config.out, held[:64], val, min_cosine=config.int8_min_cosine
-        )
-        served = served_speed(config.out, report["compression"])
-        if served is not None:  # same held-out texts as speed_ratio
-            backend, docs_per_s = served
-            report["served_speed_ratio"] = {
-                "backend": backend,
-                "ratio": round(docs_per_s * teacher_spt, 2),
-            }
+        _compress_published(config, report, held[:64], val, teacher_spt)
         report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
         atomic_write_json(config.out / REPORT, report)
         atomic_write_text(config.out / "README.md", model_card(report))
     return report
+
+
+def _open_gate(
+    teacher: TorchEncoder,
+    cache: EmbeddingCache,
+    student: Any,
+    student_cache: EmbeddingCache | None,
+    val: ValidationSet,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The gate's record before training, and the untrained student's per-query scores."""
+    gate: dict[str, Any] = {
+        "metric": "ndcg@10",
+        "source": val.source,
+        "queries": len(val.queries),
+        "docs": len(val.corpus),
+        "teacher": score(teacher, val, cache),
+    }
+    untrained = TorchEncoder.from_model(student, "initial", model_hash="x")
+    before_q = score_queries(untrained, val, student_cache)
+    gate["before"] = float(np.mean(list(before_q.values())))
+    return gate, before_q
+
+
+def _close_gate(gate: dict[str, Any], run: Run, before_q: dict[str, float]) -> None:
+    """Score the weights the stages kept; record which were emitted, why, and how sure
+    the gain is."""
+    kept = [s for s in run.stages if s["kept"]]
+    trained = TorchEncoder.from_model(run.student, "trained")
+    after_q = score_queries(trained, run.val) if kept else before_q
+    gate["after"] = float(np.mean(list(after_q.values())))
+    gate["emitted"] = "trained" if kept else "initial"
+    gate["why"] = (
+        f"stages kept: {', '.join(s['name'] for s in kept)}"
+        if kept
+        else "no stage raised validation nDCG@10 above the untrained student"
+    )
+    gate.update(judge_gain(after_q, before_q))
+
+
+def _config_facts(config: DistillConfig, window: int) -> dict[str, Any]:
+    """The settings a report records."""
+    names = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "max_minutes",
+        "max_texts",
+        "loss",
+        "temperature",
+        "seed",
+        "layerwise_epochs",
+        "layerwise_lr",
+        "layerwise_share",
+        "top_layers",
+    )
+    return {**{n: getattr(config, n) for n in names}, "max_seq_length": window}
+
+
+def _compress_published(
+    config: DistillConfig,
+    report: dict[str, Any],
+    texts: list[str],
+    val: ValidationSet,
+    teacher_spt: float,
+) -> None:
+    """Compress the published student; record it and the served artifact's speed ratio
+    (on the same held-out `texts` as the torch student's, `teacher_spt` s a text)."""
+    report["compression"] = compress(config.out, texts, val, min_cosine=config.int8_min_cosine)
+    served = served_speed(config.out, report["compression"])
+    if served is not None:
+        backend, docs_per_s = served
+        report["served_speed_ratio"] = {
+            "backend": backend,
+            "ratio": round(docs_per_s * teacher_spt, 2),
+        }
 
 
 def served_speed(folder: Path, compression: dict[str, Any]) -> tuple[str, float] | None:
