@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,44 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SCIFACT = Path(os.environ.get("DISTILSEARCH_DATA", SHARED / "beir")) / "scifact"
 MSMARCO = SHARED / "text" / "msmarco-queries.txt"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Under ``CI=true`` a skip is a failure: CI must provide every prerequisite
+    (SciFact, Chromium, ...), or a green run would hide tests that never ran."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.skipped and _in_ci() and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped, and CI=true fails a skip: {_skip_reason(report)}. CI must provide "
+            "this prerequisite (.ci/run installs Chromium and fetches SciFact)"
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many tests skipped, and why (grouped by reason)."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = _skip_reason(report)
+        reasons[reason] = reasons.get(reason, 0) + 1
+    total = sum(reasons.values())
+    note = " (CI=true: a skip fails, see the errors)" if _in_ci() else ""
+    terminalreporter.write_sep("-", f"{total} test{'' if total == 1 else 's'} skipped{note}")
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{n:4d} x {reason}")
 
 
 @pytest.fixture(autouse=True)
