@@ -66,7 +66,11 @@ class Retriever:
             # Queries through the artifact that encoded the documents (int8 vectors
             # differ from fp32 ones), unless the caller picks another.
             backend = recorded
-        return cls(load_encoder(spec, backend=backend, threads=threads), folder)
+        encoder = load_encoder(spec, backend=backend, threads=threads)
+        # The name the user gave (here or to the indexer, which recorded it), not the
+        # last part of the folder it resolved to (an installed model's is "model").
+        encoder.name = model or folder.manifest["model"]["name"]
+        return cls(encoder, folder)
 
     def search_vectors(
         self, vectors: np.ndarray, k: int, *, params: SearchParams | None = None

@@ -436,6 +436,20 @@ def test_health_ready_info(client: TestClient) -> None:
     assert info["manifest"]["count"] == len(DOCS) and info["limits"]["max_k"] == 5
 
 
+def test_info_names_the_model_as_the_user_gave_it(tiny_model: Path, tmp_path: Path) -> None:
+    """An installed model resolves to a folder named like ``.../model``; /info and the
+    page show the name the index was built with, and its hash."""
+    from indexer.build import build_index
+    from search.encoder import TorchEncoder
+
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "pkg" / "model"))
+    encoder = TorchEncoder(folder, name="tiny-bert-32")
+    build_index(encoder, DOCS, tmp_path / "idx", model_path=str(folder), progress=False)
+    with TestClient(create_app(Settings(index_dir=tmp_path / "idx"))) as c:
+        model = c.get("/info").json()["model"]
+    assert model["name"] == "tiny-bert-32" and model["hash"] == encoder.model_hash
+
+
 def test_metrics_per_app(client: TestClient, plain_client: TestClient) -> None:
     client.post("/search", json={"query": "cats"})
     text = client.get("/metrics").text
