@@ -432,16 +432,23 @@ def _print_table(reports: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="BEIR evaluation")
+    cached = [r.get("docs_per_s_source") == "cache" for r in reports]
+    caption = (
+        "* docs/s from the embedding cache: measured when the corpus was first encoded, "
+        "not in this run (--no-cache measures it)"
+        if any(cached)
+        else None
+    )
+    table = Table(title="BEIR evaluation", caption=caption)
     for col in ("model", "nDCG@10", "Recall@100", "docs/s", "query ms", "size MB"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for r in reports:
+    for r, from_cache in zip(reports, cached, strict=True):
         size = r.get("size_mb")
         table.add_row(
             str(r["model"]),
             f"{r['ndcg@10']:.4f}",
             f"{r['recall@100']:.4f}",
-            f"{r['docs_per_s']:.1f}",
+            f"{r['docs_per_s']:.1f}" + ("*" if from_cache else ""),
             f"{r.get('query_ms', float('nan')):.1f}",
             "-" if size is None else f"{size:.0f}",
         )

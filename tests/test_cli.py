@@ -91,6 +91,10 @@ def test_index_search_eval_json(tiny_model: Path, scifact_slice: Path, tmp_path:
         ).stdout
     )
     assert again["ndcg@10"] == report["ndcg@10"] and again["docs_per_s_source"] == "cache"
+    # The text table says so too.
+    r = runner.invoke(app, ["eval", "--model", str(tiny_model), "--data", str(scifact_slice)])
+    assert r.exit_code == 0, r.output
+    assert f"{again['docs_per_s']:.1f}*" in r.stdout and "from the embedding cache" in r.stdout
 
 
 def test_distill_refuses_an_int8_cosine_above_one(scifact_slice: Path, tmp_path: Path) -> None:
