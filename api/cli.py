@@ -321,27 +321,45 @@ def search(
     query: Annotated[str, typer.Argument(help="The query text.")],
     index: Annotated[Path, typer.Option(help="Index folder.")],
     k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 10,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="dense|bm25|hybrid; default: hybrid where the index has BM25, else dense."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Search an index folder."""
     _setup(verbose)
+    from search.bm25_index import bm25_hits, has_bm25, load_bm25
+    from search.hybrid import DEFAULT_DEPTH, default_mode, fuse_hits
     from search.retriever import Retriever
 
     if not query.strip():
         fail("the query is empty; pass some text to search for")
     if k < 1:
         fail(f"-k must be at least 1, got {k}")
+    if mode not in (None, "dense", "bm25", "hybrid"):
+        fail(f"--mode {mode!r} is not one of dense, bm25, hybrid")
     try:
+        mode = mode or default_mode(has_bm25(index))
         retriever = Retriever.open(index)
-        hits = retriever.search(query, k)
+        if mode == "dense":
+            hits = retriever.search(query, k)
+        else:
+            depth = max(k, DEFAULT_DEPTH)  # as the service fuses
+            sparse = bm25_hits(load_bm25(index), retriever.folder.store, query, depth)
+            hits = sparse[:k]
+            if mode == "hybrid":
+                hits = fuse_hits(retriever.search(query, depth), sparse, k=k)
     except DistilsearchError as exc:
         fail(str(exc))
     if as_json:
         rows = [
             {"id": h.id, "score": h.score, "title": h.title, "snippet": h.snippet()} for h in hits
         ]
-        typer.echo(json.dumps({"query": query, "hits": rows}))
+        typer.echo(json.dumps({"query": query, "mode": mode, "hits": rows}))
         return
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank:>3}. {h.score:.4f}  [{h.id}] {h.title or h.snippet(80)}")

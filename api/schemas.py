@@ -7,6 +7,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Mode = Literal["dense", "bm25", "hybrid"]
+MODE_HELP = (
+    "dense: embeddings; bm25: keywords; hybrid: both fused. Default: hybrid where the "
+    "index has a BM25 index (GET /info says), else dense."
+)
 
 
 def _json_integer(value: Any) -> Any:
@@ -30,9 +34,7 @@ class SearchRequest(_Strict):
         ge=1,
         description="Number of hits, at most the service's max_k; default 10 (or max_k).",
     )
-    mode: Mode = Field(
-        "dense", description="dense: embeddings; bm25: keywords; hybrid: both fused."
-    )
+    mode: Mode | None = Field(None, description=MODE_HELP)
 
 
 class BatchSearchRequest(_Strict):
@@ -42,9 +44,7 @@ class BatchSearchRequest(_Strict):
     k: MaybeInt = Field(
         None, ge=1, description="Hits per query, at most max_k; default 10 (or max_k)."
     )
-    mode: Mode = Field(
-        "dense", description="dense: embeddings; bm25: keywords; hybrid: both fused."
-    )
+    mode: Mode | None = Field(None, description=MODE_HELP)
 
 
 class HitOut(BaseModel):
@@ -134,6 +134,7 @@ class Info(BaseModel):
     model: dict[str, Any] = Field(description="Name, hash, dim and backend of the query encoder.")
     index: dict[str, Any] = Field(description="FAISS index type, factory, size and folder.")
     bm25: dict[str, Any] = Field(description="Whether hybrid/bm25 search is available, and why.")
+    default_mode: Mode = Field(description="The mode of a search that names none.")
     limits: dict[str, Any]
     manifest: dict[str, Any]
     generation: int

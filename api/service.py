@@ -37,8 +37,9 @@ from api.schemas import (
 from api.settings import Settings
 from api.validation import check_documents, check_k, check_queries, check_query
 from indexer.update import delete_documents, upsert_documents
+from search.bm25_index import bm25_hits
 from search.encoder import bulk_encoder
-from search.hybrid import fuse
+from search.hybrid import default_mode, fuse_hits
 from search.types import DistilsearchError, Hit
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Service:
         loaded: LoadedIndex,
         query: str,
         k: int | None,
-        mode: Mode,
+        mode: Mode | None,
         *,
         source: Literal["body", "query"] = "body",
     ) -> SearchResponse:
@@ -91,7 +92,7 @@ class Service:
         return await self.search(loaded, checked, check_k(k, self.settings, k_loc), mode)
 
     async def search_batch(
-        self, loaded: LoadedIndex, queries: Sequence[str], k: int | None, mode: Mode
+        self, loaded: LoadedIndex, queries: Sequence[str], k: int | None, mode: Mode | None
     ) -> BatchSearchResponse:
         """Check and search several queries; their dense encodings share micro-batches."""
         checked = check_queries(queries, self.settings)
@@ -100,9 +101,14 @@ class Service:
         results = await asyncio.gather(*(self.search(loaded, q, hits, mode) for q in checked))
         return BatchSearchResponse(results=list(results), took_ms=1000 * (time.perf_counter() - t0))
 
-    async def search(self, loaded: LoadedIndex, query: str, k: int, mode: Mode) -> SearchResponse:
-        """Search one (already checked) query with `loaded`."""
+    async def search(
+        self, loaded: LoadedIndex, query: str, k: int, mode: Mode | None
+    ) -> SearchResponse:
+        """Search one (already checked) query with `loaded`; no `mode`: hybrid where the
+        index has BM25, else dense (`search.hybrid.default_mode`)."""
         t0 = time.perf_counter()
+        if mode is None:
+            mode = default_mode(loaded.bm25 is not None)
         if mode != "dense":
             self.require_bm25(loaded, mode)
         if mode == "dense":
@@ -135,13 +141,7 @@ class Service:
         """BM25 hits (runs on a worker thread)."""
         assert loaded.bm25 is not None
         t0 = time.perf_counter()
-        rows, scores = loaded.bm25.search(query, k)
-        docs = loaded.retriever.folder.store.by_rows([int(r) for r in rows])
-        hits = [
-            Hit(docs[int(r)][0], float(s), docs[int(r)][1], docs[int(r)][2])
-            for r, s in zip(rows, scores, strict=True)
-            if int(r) in docs
-        ]
+        hits = bm25_hits(loaded.bm25, loaded.retriever.folder.store, query, k)
         seconds = time.perf_counter() - t0
         self.metrics.search.labels(kind="bm25").observe(seconds)
         return hits, 1000 * seconds
@@ -154,15 +154,9 @@ class Service:
             run_in_threadpool(self._bm25, loaded, query, depth),
         )
         t0 = time.perf_counter()
-        by_id = {h.id: h for h in (*sparse, *dense)}
-        fused = fuse(
-            [(h.id, h.score) for h in dense],
-            [(h.id, h.score) for h in sparse],
-            method=s.hybrid_fusion,
-            weight=s.hybrid_weight,
-            c=s.hybrid_rrf_c,
-        )[:k]
-        hits = [Hit(i, score, by_id[i].title, by_id[i].text) for i, score in fused]
+        hits = fuse_hits(
+            dense, sparse, k=k, method=s.hybrid_fusion, weight=s.hybrid_weight, c=s.hybrid_rrf_c
+        )
         seconds = time.perf_counter() - t0
         self.metrics.search.labels(kind="fusion").observe(seconds)
         return hits, timing.model_copy(update={"bm25_ms": bm25_ms, "fusion_ms": 1000 * seconds})
@@ -328,6 +322,7 @@ class Service:
                     "depth": s.hybrid_depth,
                 },
             },
+            default_mode=default_mode(bm25 is not None),
             limits={
                 "max_k": s.max_k,
                 "max_query_chars": s.max_query_chars,

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from search.assets import sha256_file
+from search.docstore import DocStore
 from search.index_folder import DOCSTORE_FILE
-from search.types import DataError
+from search.types import DataError, Hit
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,22 @@ class BM25Index:
         top = top[np.argsort(-scores[top], kind="stable")]
         top = top[scores[top] > 0]
         return self.rows[top], scores[top]
+
+
+def bm25_hits(index: BM25Index, store: DocStore, query: str, k: int) -> list[Hit]:
+    """`index`'s best documents for `query` (see `BM25Index.search`), read from `store`.
+
+    Returns:
+        Up to `k` hits, best first, scored by BM25; rows `store` no longer holds are
+        left out.
+    """
+    rows, scores = index.search(query, k)
+    docs = store.by_rows([int(r) for r in rows])
+    return [
+        Hit(docs[int(r)][0], float(s), docs[int(r)][1], docs[int(r)][2])
+        for r, s in zip(rows, scores, strict=True)
+        if int(r) in docs
+    ]
 
 
 def has_bm25(index_dir: Path) -> bool:

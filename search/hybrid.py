@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from enum import Enum
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from search.types import Results
+from search.types import Hit, Results
 
 K = TypeVar("K", bound=Hashable)
 
@@ -34,6 +34,13 @@ DEFAULT_FUSION = Fusion.CONVEX
 DEFAULT_WEIGHT = 0.5
 RRF_C = 60
 DEFAULT_DEPTH = 100  # candidates each side retrieves before fusing
+
+
+def default_mode(bm25_available: bool) -> Literal["hybrid", "dense"]:
+    """The search mode used when a caller names none: ``hybrid`` where the index holds
+    a BM25 index, else ``dense``. Hybrid ranks better than either side alone
+    (docs/benchmarks.md, hybrid search) at a small cost per query (docs/serving.md)."""
+    return "hybrid" if bm25_available else "dense"
 
 
 def as_fusion(method: Fusion | str) -> Fusion:
@@ -161,3 +168,28 @@ def fuse_results(
         s = sorted(sparse.get(qid, {}).items(), key=lambda kv: -kv[1])
         out[qid] = dict(fuse(d, s, method=method, weight=weight, c=c)[:k])
     return out
+
+
+def fuse_hits(
+    dense: Sequence[Hit],
+    sparse: Sequence[Hit],
+    *,
+    k: int,
+    method: Fusion | str = DEFAULT_FUSION,
+    weight: float = DEFAULT_WEIGHT,
+    c: int = RRF_C,
+) -> list[Hit]:
+    """Fuse dense and BM25 hits (each best first) with `fuse`.
+
+    Returns:
+        The top `k` documents of either list, best first, with their fused scores.
+    """
+    by_id = {h.id: h for h in (*sparse, *dense)}
+    fused = fuse(
+        [(h.id, h.score) for h in dense],
+        [(h.id, h.score) for h in sparse],
+        method=method,
+        weight=weight,
+        c=c,
+    )[:k]
+    return [Hit(i, score, by_id[i].title, by_id[i].text) for i, score in fused]

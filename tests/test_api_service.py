@@ -64,7 +64,8 @@ def ids(body: dict) -> list[str]:
 
 def test_dense_finds_the_document_itself(client: TestClient) -> None:
     r = client.post(
-        "/search", json={"query": "Cats Cats are small domesticated felines that purr."}
+        "/search",
+        json={"query": "Cats Cats are small domesticated felines that purr.", "mode": "dense"},
     )
     body = r.json()
     assert r.status_code == 200 and body["mode"] == "dense" and ids(body)[0] == "d1"
@@ -87,6 +88,24 @@ def test_hybrid_fuses_both(client: TestClient) -> None:
     assert set(ids(body)[:2]) == {"d5", "d6"}  # the keyword matches lead; dense fills in
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1.0
+
+
+def test_the_default_mode_is_hybrid_where_the_index_has_bm25(
+    client: TestClient, plain_client: TestClient
+) -> None:
+    query = {"query": "programming language", "k": 5}
+    hybrid = client.post("/search", json={**query, "mode": "hybrid"}).json()
+    batch = client.post("/search/batch", json={"queries": [query["query"]], "k": 5}).json()
+    for body in (
+        client.post("/search", json=query).json(),
+        client.get("/search", params={"q": query["query"], "k": 5}).json(),
+        batch["results"][0],
+    ):
+        assert body["mode"] == "hybrid" and body["hits"] == hybrid["hits"]
+    assert client.get("/info").json()["default_mode"] == "hybrid"
+    dense = plain_client.post("/search", json=query).json()
+    assert dense["mode"] == "dense" and plain_client.get("/info").json()["default_mode"] == "dense"
+    assert ids(dense) == ids(plain_client.post("/search", json={**query, "mode": "dense"}).json())
 
 
 def test_get_search_equals_post(client: TestClient) -> None:
@@ -364,7 +383,9 @@ def test_upsert_and_delete_are_searchable_at_once(
         body = r.json()
         assert (body["added"], body["replaced"], body["count"], body["generation"]) == (1, 0, 9, 2)
         assert ids(c.post("/search", json={"query": "ferrets", "mode": "bm25"}).json()) == ["d9"]
-        exact = c.post("/search", json={"query": "Ferrets Ferrets are playful mustelids."}).json()
+        exact = c.post(
+            "/search", json={"query": "Ferrets Ferrets are playful mustelids.", "mode": "dense"}
+        ).json()
         assert ids(exact)[0] == "d9"
         assert c.get("/documents/d9").json()["title"] == "Ferrets"
 

@@ -65,8 +65,10 @@ def test_index_search_eval_json(tiny_model: Path, scifact_slice: Path, tmp_path:
     assert "indexed" in r.stdout
     r = runner.invoke(app, ["search", "--index", str(idx), "cancer risk", "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
-    hits = json.loads(r.stdout)["hits"]
+    found = json.loads(r.stdout)
+    hits = found["hits"]
     assert len(hits) == 3 and {"id", "score", "title", "snippet"} <= set(hits[0])
+    assert found["mode"] == "hybrid"  # the index has BM25
     r = runner.invoke(
         app, ["eval", "--model", str(tiny_model), "--data", str(scifact_slice), "--json"]
     )
@@ -137,3 +139,17 @@ def test_index_prints_no_library_debug_lines(
     assert r.returncode == 0, r.stderr
     assert "indexed into" in r.stdout
     assert "DEBUG" not in r.stdout + r.stderr, r.stderr
+
+
+def test_search_defaults_to_dense_without_bm25(
+    tiny_model: Path, small_jsonl: Path, tmp_path: Path
+) -> None:
+    idx = tmp_path / "idx"
+    args = ["--model", str(tiny_model), "--data", str(small_jsonl), "--out", str(idx)]
+    assert runner.invoke(app, ["index", *args, "--no-bm25"]).exit_code == 0
+    r = runner.invoke(app, ["search", "--index", str(idx), "young cat", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["mode"] == "dense", r.output
+    r = runner.invoke(app, ["search", "--index", str(idx), "young cat", "--mode", "hybrid"])
+    assert r.exit_code == 2 and "no BM25 index" in _err_line(r)
+    r = runner.invoke(app, ["search", "--index", str(idx), "young cat", "--mode", "fuzzy"])
+    assert r.exit_code == 2 and "not one of dense, bm25, hybrid" in _err_line(r)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from api.cli import app as cli
 from search.hybrid import convex, fuse, fuse_results, min_max, rrf
 
 DENSE = [("a", 0.9), ("b", 0.8), ("c", 0.5)]
@@ -137,3 +140,10 @@ def test_evaluation_and_service_rank_hybrid_alike(
             served = [(h["id"], h["score"]) for h in body["hits"]]
             assert [i for i, _ in served] == list(evaluated[qid]), query
             assert [s for _, s in served] == pytest.approx(list(evaluated[qid].values()), abs=1e-5)
+    # `distilsearch search` too, in its default mode (this index has BM25).
+    runner = CliRunner()
+    for qid, query in list(PARITY_QUERIES.items())[:2]:
+        r = runner.invoke(cli, ["search", "--index", str(folder), query, "-k", str(k), "--json"])
+        assert r.exit_code == 0, r.output
+        body = json.loads(r.stdout)
+        assert body["mode"] == "hybrid" and [h["id"] for h in body["hits"]] == list(evaluated[qid])

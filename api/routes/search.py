@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from api.deps import IndexDep, ServiceDep
 from api.schemas import (
     ERRORS,
+    MODE_HELP,
     BatchSearchRequest,
     BatchSearchResponse,
     Mode,
@@ -31,7 +32,7 @@ async def search_get(
     service: ServiceDep,
     q: Annotated[str, Query(min_length=1, description="The query text.")],
     k: Annotated[int | None, Query(ge=1, description="Number of hits; default 10.")] = None,
-    mode: Annotated[Mode, Query(description="dense, bm25 or hybrid.")] = "dense",
+    mode: Annotated[Mode | None, Query(description=MODE_HELP)] = None,
 ) -> SearchResponse:
     """Like POST /search, with the query in the URL (`?q=...&k=...&mode=...`)."""
     return await service.search_request(loaded, q, k, mode, source="query")

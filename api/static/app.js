@@ -10,8 +10,11 @@
   const about = document.getElementById("about");
   const indexInfo = document.getElementById("index-info");
 
+  // The checked mode; none before /info has said the server's default (then the
+  // server picks: hybrid where the index has BM25, else dense).
   function mode() {
-    return form.querySelector("input[name=mode]:checked").value;
+    const checked = form.querySelector("input[name=mode]:checked");
+    return checked ? checked.value : null;
   }
 
   function el(tag, className, text) {
@@ -56,7 +59,12 @@
   async function search() {
     const query = input.value.trim();
     if (!query) return;
-    const params = new URLSearchParams({ q: query, mode: mode(), k: kSelect.value });
+    const params = new URLSearchParams({ q: query, k: kSelect.value });
+    const request = { query: query, k: Number(kSelect.value) };
+    if (mode()) {
+      params.set("mode", mode());
+      request.mode = mode();
+    }
     history.replaceState(null, "", "?" + params.toString());
     button.disabled = true;
     status.className = "muted";
@@ -65,7 +73,7 @@
       const response = await fetch("/search", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ query: query, k: Number(kSelect.value), mode: mode() }),
+        body: JSON.stringify(request),
       });
       const body = await response.json();
       if (!response.ok) throw new Error(describe(body.detail));
@@ -88,6 +96,8 @@
         `${info.model.name} (${info.model.backend}, ${info.model.dim}-d).`;
       indexInfo.textContent = `${info.index.factory} index · generation ${info.generation}`;
       input.maxLength = info.limits.max_query_chars;
+      const byDefault = form.querySelector(`input[name=mode][value="${info.default_mode}"]`);
+      if (byDefault) byDefault.checked = true;
       if (!info.bm25.available) {
         for (const value of ["bm25", "hybrid"]) {
           const radio = form.querySelector(`input[value=${value}]`);
