@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -72,7 +74,13 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings, *, retriever: Retriever | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    retriever: Retriever | None = None,
+    load_in_background: bool = False,
+    on_load_error: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
     """Build the app.
 
     Args:
@@ -80,24 +88,19 @@ def create_app(settings: Settings, *, retriever: Retriever | None = None) -> Fas
         retriever: An already loaded retriever (tests); otherwise one is opened from
             ``settings.index_dir`` when the app starts. A retriever passed in is not
             closed by the app; ``/admin/reload`` still loads ``settings.index_dir``.
+        load_in_background: Answer requests at once and load the index on a worker
+            thread (what `distilsearch serve` does): ``/health`` answers, ``/ready``
+            and the routes that need the index answer 503 until it is loaded. False:
+            the app starts only once the index is loaded, and a failed load fails
+            the start.
+        on_load_error: Called with the exception when a background load fails (after
+            it is logged; ``/ready`` then says why).
     """
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         holder = IndexHolder()
-        if retriever is not None:
-            loaded = loaded_index_for(retriever)
-        else:
-            loaded = await run_in_threadpool(
-                load_index,
-                settings.index_dir,
-                model=settings.model,
-                backend=settings.backend,
-                threads=settings.threads_per_worker(),
-            )
-        _set_torch_threads(settings, loaded.retriever.encoder.backend)
-        holder.swap(loaded)
         batcher = MicroBatcher(
             max_batch=settings.batch_max_size,
             max_wait_ms=settings.batch_max_wait_ms,
@@ -107,13 +110,46 @@ def create_app(settings: Settings, *, retriever: Retriever | None = None) -> Fas
             workers=settings.workers(),
             encode_batch_size=settings.batch_encode_size,
         )
-        batcher.start()
         service = Service(settings, holder, batcher, metrics)
-        service.observe_index(loaded)
-        app.state.service = service
+
+        async def load() -> None:
+            if retriever is not None:
+                loaded = loaded_index_for(retriever)
+            else:
+                loaded = await run_in_threadpool(
+                    load_index,
+                    settings.index_dir,
+                    model=settings.model,
+                    backend=settings.backend,
+                    threads=settings.threads_per_worker(),
+                )
+            _set_torch_threads(settings, loaded.retriever.encoder.backend)
+            holder.swap(loaded)
+            service.observe_index(loaded)
+
+        async def load_or_report() -> None:
+            try:
+                await load()
+            except Exception as exc:
+                logger.error("cannot load the index %s: %s", settings.index_dir, exc)
+                service.load_error = str(exc)
+                if on_load_error is not None:
+                    on_load_error(exc)
+
+        batcher.start()
+        loading: asyncio.Task[None] | None = None
         try:
+            if load_in_background:
+                loading = asyncio.create_task(load_or_report())
+            else:
+                await load()
+            app.state.service = service
             yield
         finally:
+            if loading is not None:
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
             batcher.stop()
             holder.swap(None)
             app.state.service = None

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -495,7 +496,9 @@ def serve(
     """Serve an index over HTTP: search page at /, OpenAPI docs at /docs.
 
     Every other setting comes from DISTILSEARCH_* environment variables (see README),
-    including DISTILSEARCH_API_KEY, which turns the admin endpoints on.
+    including DISTILSEARCH_API_KEY, which turns the admin endpoints on. The server
+    answers /health at once and /ready once the index is loaded; SIGTERM or Ctrl-C
+    lets requests in flight finish and exits 0; an index that fails to load exits 2.
     """
     _setup(verbose)
     import uvicorn
@@ -515,13 +518,41 @@ def serve(
     except ValidationError as exc:
         fail("bad setting: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
     logging.getLogger("api").setLevel(logging.INFO)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=access_log,
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop(exc: BaseException) -> None:
+        failed.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    served = create_app(settings, load_in_background=True, on_load_error=stop)
+    config = uvicorn.Config(
+        served, host=settings.host, port=settings.port, log_level="info", access_log=access_log
     )
+    server = uvicorn.Server(config)
+    with _stops_exit_cleanly():
+        server.run()
+    if failed:
+        fail(f"cannot serve {index}: {failed[0]}")
+
+
+@contextmanager
+def _stops_exit_cleanly() -> Iterator[None]:
+    """SIGINT and SIGTERM end `serve` with status 0. uvicorn shuts down gracefully on
+    either, then raises it again for the handler it found; Python's own would end the
+    process by the signal (SIGTERM: status 143) or print a KeyboardInterrupt. These
+    take the repeated signal and return."""
+
+    def stopped(signum: int, frame: Any) -> None:
+        logging.getLogger(__name__).debug("stopped by signal %d", signum)
+
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()

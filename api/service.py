@@ -58,6 +58,7 @@ class Service:
         batcher: Encodes dense queries in micro-batches on its own thread.
         metrics: This app's Prometheus metrics.
         admin_lock: Serialises reloads and document updates.
+        load_error: Why the first load failed (None while loading or once loaded).
     """
 
     settings: Settings
@@ -65,6 +66,7 @@ class Service:
     batcher: MicroBatcher
     metrics: Metrics
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    load_error: str | None = None
 
     def require_bm25(self, loaded: LoadedIndex, mode: Mode) -> None:
         if loaded.bm25 is None:

@@ -20,6 +20,10 @@ async def health() -> Health:
 async def ready(service: ServiceDep) -> Ready:
     """The model and the index are loaded: searches will be answered."""
     loaded = service.holder.current
+    if loaded is None and service.load_error is not None:
+        raise HTTPException(
+            status_code=503, detail=f"the index failed to load: {service.load_error}"
+        )
     if loaded is None:
-        raise HTTPException(status_code=503, detail="the index is not loaded yet")
+        raise HTTPException(status_code=503, detail="the index is not loaded yet; retry shortly")
     return Ready(status="ready", generation=loaded.generation, count=loaded.retriever.folder.count)
