@@ -9,8 +9,10 @@ import json
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -37,11 +39,15 @@ def index_dir(tiny_index: Callable[..., Path], tmp_path_factory: pytest.TempPath
     return tiny_index(DOCS, tmp_path_factory.mktemp("svc") / "idx", bm25=True)
 
 
+def strict_settings(index_dir: Path) -> Settings:
+    """Small limits, so that requests over them are cheap to send; an API key."""
+    settings = Settings(index_dir=index_dir, max_k=5, max_batch_queries=3, api_key=KEY)
+    return settings.model_copy(update={"max_query_chars": 80, "max_body_bytes": 4096})
+
+
 @pytest.fixture(scope="module")
 def client(index_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(index_dir=index_dir, max_k=5, max_batch_queries=3, api_key=KEY)
-    settings = settings.model_copy(update={"max_query_chars": 80, "max_body_bytes": 4096})
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(strict_settings(index_dir))) as c:
         yield c
 
 
@@ -152,132 +158,152 @@ def test_no_bm25_index_is_a_clear_400(plain_client: TestClient) -> None:
 LONG = "x" * 81
 
 
-@pytest.mark.parametrize(
-    "method, url, kwargs, status, fragment",
-    [
-        ("post", "/search", {"json": {"query": ""}}, 422, "at least 1 character"),
-        ("post", "/search", {"json": {"query": " \t\n "}}, 422, "whitespace"),
-        ("post", "/search", {"json": {"query": LONG}}, 422, "the limit is 80"),
-        ("post", "/search", {"json": {"query": "x", "k": 0}}, 422, "greater than or equal to 1"),
-        ("post", "/search", {"json": {"query": "x", "k": -3}}, 422, "greater than or equal to 1"),
-        ("post", "/search", {"json": {"query": "x", "k": 6}}, 422, "over the limit 5"),
-        ("post", "/search", {"json": {"query": "x", "k": "5"}}, 422, "valid integer"),
-        ("post", "/search", {"json": {"query": "x", "k": 2.5}}, 422, "valid integer"),
-        ("post", "/search", {"json": {"query": ["x"]}}, 422, "valid string"),
-        (
-            "post",
-            "/search",
-            {"json": {"query": "x", "mode": "fuzzy"}},
-            422,
-            "'dense', 'bm25' or 'hybrid'",
-        ),
-        ("post", "/search", {"json": {"query": "x", "extra": 1}}, 422, "Extra inputs"),
-        ("post", "/search", {"json": [1, 2]}, 422, "valid dictionary"),
-        (
-            "post",
-            "/search",
-            {"content": b"{not json", "headers": {"content-type": "application/json"}},
-            422,
-            "JSON decode error",
-        ),
-        (
-            "post",
-            "/search",
-            {"content": b'{"query": "x"}', "headers": {"content-type": "text/plain"}},
-            415,
-            "application/json",
-        ),
-        (
-            "post",
-            "/search",
-            {"content": b'{"query": "x"}', "headers": {"content-type": ""}},
-            415,
-            "application/json",
-        ),
-        (
-            "post",
-            "/search",
-            {"content": b'{"query": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
-            400,
-            "UTF-8",
-        ),
-        (
-            "post",
-            "/search",
-            {
-                "content": b'{"query": "\\ud800 cat"}',
-                "headers": {"content-type": "application/json"},
-            },
-            422,
-            "unicode string",
-        ),
-        (
-            "post",
-            "/search",
-            {
-                "content": b'{"query": "x", "mode": "\\udfff"}',
-                "headers": {"content-type": "application/json"},
-            },
-            422,
-            "\\ufffd",
-        ),
-        ("post", "/search", {"json": {"query": "x" * 5000}}, 413, "limit is 4096"),
-        (
-            "post",
-            "/search",
-            {
-                "content": iter([b"{", b" " * 5000, b"}"]),
-                "headers": {"content-type": "application/json"},
-            },
-            413,
-            "limit is 4096",
-        ),
-        ("get", "/search", {"params": {"q": ""}}, 422, "at least 1 character"),
-        ("get", "/search", {"params": {"q": "   "}}, 422, "whitespace"),
-        ("get", "/search", {"params": {"q": "x", "k": "ten"}}, 422, "valid integer"),
-        ("get", "/search", {"params": {"q": "x", "k": 99}}, 422, "over the limit 5"),
-        (
-            "get",
-            "/search",
-            {"params": {"q": "x", "mode": "DENSE"}},
-            422,
-            "'dense', 'bm25' or 'hybrid'",
-        ),
-        ("get", "/search", {}, 422, "Field required"),
-        (
-            "post",
-            "/search/batch",
-            {"json": {"queries": ["a", "b", "c", "d"]}},
-            422,
-            "the limit is 3",
-        ),
-        ("post", "/search/batch", {"json": {"queries": []}}, 422, "at least 1 item"),
-        ("post", "/search/batch", {"json": {"queries": ["ok", " "]}}, 422, "whitespace"),
-        ("get", "/documents/missing", {}, 404, "no document with id 'missing'"),
-        ("get", "/no/such/route", {}, 404, "Not Found"),
-        ("put", "/search", {"json": {"query": "x"}}, 405, "Method Not Allowed"),
-    ],
-)
+BAD_REQUESTS = [
+    ("post", "/search", {"json": {"query": ""}}, 422, "at least 1 character"),
+    ("post", "/search", {"json": {"query": " \t\n "}}, 422, "whitespace"),
+    ("post", "/search", {"json": {"query": LONG}}, 422, "the limit is 80"),
+    ("post", "/search", {"json": {"query": "x", "k": 0}}, 422, "greater than or equal to 1"),
+    ("post", "/search", {"json": {"query": "x", "k": -3}}, 422, "greater than or equal to 1"),
+    ("post", "/search", {"json": {"query": "x", "k": 6}}, 422, "over the limit 5"),
+    ("post", "/search", {"json": {"query": "x", "k": "5"}}, 422, "valid integer"),
+    ("post", "/search", {"json": {"query": "x", "k": 2.5}}, 422, "valid integer"),
+    ("post", "/search", {"json": {"query": ["x"]}}, 422, "valid string"),
+    (
+        "post",
+        "/search",
+        {"json": {"query": "x", "mode": "fuzzy"}},
+        422,
+        "'dense', 'bm25' or 'hybrid'",
+    ),
+    ("post", "/search", {"json": {"query": "x", "extra": 1}}, 422, "Extra inputs"),
+    ("post", "/search", {"json": [1, 2]}, 422, "valid dictionary"),
+    (
+        "post",
+        "/search",
+        {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        422,
+        "JSON decode error",
+    ),
+    (
+        "post",
+        "/search",
+        {"content": b'{"query": "x"}', "headers": {"content-type": "text/plain"}},
+        415,
+        "application/json",
+    ),
+    (
+        "post",
+        "/search",
+        {"content": b'{"query": "x"}', "headers": {"content-type": ""}},
+        415,
+        "application/json",
+    ),
+    (
+        "post",
+        "/search",
+        {"content": b'{"query": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
+        400,
+        "UTF-8",
+    ),
+    (
+        "post",
+        "/search",
+        {
+            "content": b'{"query": "\\ud800 cat"}',
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "unicode string",
+    ),
+    (
+        "post",
+        "/search",
+        {
+            "content": b'{"query": "x", "mode": "\\udfff"}',
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "\\ufffd",
+    ),
+    ("post", "/search", {"json": {"query": "x" * 5000}}, 413, "limit is 4096"),
+    (
+        "post",
+        "/search",
+        {
+            "chunks": [b"{", b" " * 5000, b"}"],  # streamed: no content-length
+            "headers": {"content-type": "application/json"},
+        },
+        413,
+        "limit is 4096",
+    ),
+    ("get", "/search", {"params": {"q": ""}}, 422, "at least 1 character"),
+    ("get", "/search", {"params": {"q": "   "}}, 422, "whitespace"),
+    ("get", "/search", {"params": {"q": "x", "k": "ten"}}, 422, "valid integer"),
+    ("get", "/search", {"params": {"q": "x", "k": 99}}, 422, "over the limit 5"),
+    (
+        "get",
+        "/search",
+        {"params": {"q": "x", "mode": "DENSE"}},
+        422,
+        "'dense', 'bm25' or 'hybrid'",
+    ),
+    ("get", "/search", {}, 422, "Field required"),
+    (
+        "post",
+        "/search/batch",
+        {"json": {"queries": ["a", "b", "c", "d"]}},
+        422,
+        "the limit is 3",
+    ),
+    ("post", "/search/batch", {"json": {"queries": []}}, 422, "at least 1 item"),
+    ("post", "/search/batch", {"json": {"queries": ["ok", " "]}}, 422, "whitespace"),
+    ("get", "/documents/missing", {}, 404, "no document with id 'missing'"),
+    ("get", "/no/such/route", {}, 404, "Not Found"),
+    ("put", "/search", {"json": {"query": "x"}}, 405, "Method Not Allowed"),
+]
+
+
+def send(client: TestClient, method: str, url: str, kwargs: dict) -> Any:
+    """One request of `BAD_REQUESTS` (``chunks``: a body streamed from a fresh iterator)."""
+    kwargs = dict(kwargs)
+    if "chunks" in kwargs:
+        kwargs["content"] = iter(kwargs.pop("chunks"))
+    return getattr(client, method)(url, **kwargs)
+
+
+@pytest.mark.parametrize("method, url, kwargs, status, fragment", BAD_REQUESTS)
 def test_bad_input_is_a_4xx_with_detail(
     client: TestClient, method: str, url: str, kwargs: dict, status: int, fragment: str
 ) -> None:
-    r = getattr(client, method)(url, **kwargs)
+    r = send(client, method, url, kwargs)
     assert r.status_code == status, r.text
     assert fragment in json.dumps(r.json()["detail"]), r.text
 
 
-def test_odd_bytes_in_the_url_are_no_error(client: TestClient) -> None:
-    r = client.get("/search?q=%FF%FE%00cat&k=2")
-    assert r.status_code in (200, 422)
+def test_odd_bytes_in_the_url_are_replaced_not_an_error(client: TestClient) -> None:
+    # Percent-escapes that are not UTF-8 decode to U+FFFD; the NUL is a character. What
+    # is left to match is the word "cat".
+    r = client.get("/search?q=%FF%FE%00cat&k=2&mode=bm25")
+    assert r.status_code == 200, r.text
+    assert r.json()["query"] == "\ufffd\ufffd\x00cat"
+    cat = client.get("/search", params={"q": "cat", "k": 2, "mode": "bm25"}).json()
+    assert ids(r.json()) == ids(cat) and len(ids(cat)) == 2
     r = client.get("/documents/%FF%00")
-    assert r.status_code == 404
+    assert r.status_code == 404 and r.json()["detail"] == "no document with id '\ufffd\\x00'"
 
 
-def test_no_request_ended_in_a_server_error(client: TestClient) -> None:
-    # Runs after the bad-input tests in this module's client: none reached the 500 handler.
-    text = client.get("/metrics").text
-    assert 'status="4' in text
-    assert 'status="5' not in text.replace('status="503"', "")
+def test_no_bad_request_reaches_the_server_error_handler(index_dir: Path) -> None:
+    """Every bad request, on an app of its own: each is counted as a 4xx, none as a 5xx."""
+    with TestClient(create_app(strict_settings(index_dir))) as fresh:
+        for method, url, kwargs, status, _ in BAD_REQUESTS:
+            assert send(fresh, method, url, kwargs).status_code == status, (method, url)
+        text = fresh.get("/metrics").text
+    counted: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("distilsearch_http_requests_total{"):
+            status = line.split('status="')[1][:3]
+            counted[status[0]] = counted.get(status[0], 0.0) + float(line.rsplit(" ", 1)[1])
+    assert counted == {"4": len(BAD_REQUESTS)}, counted
 
 
 def test_catch_all_handler_answers_json(index_dir: Path) -> None:
@@ -320,28 +346,48 @@ def test_reload_under_load_fails_no_request(client: TestClient) -> None:
     old = service.holder.current
     statuses: list[int] = []
     errors: list[str] = []
+    spans: list[tuple[float, float]] = []  # (start, end) of every search
     stop = threading.Event()
+    searching = threading.Barrier(4, timeout=60)  # three searchers and this thread
 
-    def hammer() -> None:
-        for i in range(200):
-            if stop.is_set() and i > 5:
+    def hammer(n: int) -> None:
+        for i in range(2000):  # bounded; `stop` ends it once the reloads are done
+            mode = ("dense", "bm25", "hybrid")[(i + n) % 3]
+            t0 = time.perf_counter()
+            try:
+                r = client.post("/search", json={"query": "young cat", "mode": mode})
+            except Exception as exc:  # the app raised (TestClient re-raises it)
+                statuses.append(-1)
+                errors.append(repr(exc))
+            else:
+                statuses.append(r.status_code)
+                if r.status_code != 200:
+                    errors.append(r.text)
+            spans.append((t0, time.perf_counter()))
+            if i == 0:
+                searching.wait()
+            if stop.is_set():
                 return
-            mode = ("dense", "bm25", "hybrid")[i % 3]
-            r = client.post("/search", json={"query": "young cat", "mode": mode})
-            statuses.append(r.status_code)
-            if r.status_code != 200:
-                errors.append(r.text)
 
-    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(3)]
     for t in threads:
         t.start()
-    for _ in range(3):
-        r = client.post("/admin/reload", headers={"X-API-Key": KEY})
-        assert r.status_code == 200 and r.json()["bm25"] is True
-    stop.set()
-    for t in threads:
-        t.join(60)
+    reloads = []
+    try:
+        searching.wait()  # every searcher is running: the reloads land among searches
+        for _ in range(3):
+            t0 = time.perf_counter()
+            r = client.post("/admin/reload", headers={"X-API-Key": KEY})
+            reloads.append((t0, time.perf_counter()))
+            assert r.status_code == 200 and r.json()["bm25"] is True
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads)
     assert statuses and set(statuses) == {200}, errors[:3]
+    for r0, r1 in reloads:  # searches ran during each reload, not only around them
+        assert any(s0 < r1 and s1 > r0 for s0, s1 in spans), (r0, r1)
     assert client.get("/ready").json()["generation"] == before + 3
     assert old.retired and old.leases == 0
     with pytest.raises(Exception, match="closed"):
