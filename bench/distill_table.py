@@ -18,6 +18,13 @@ reduced copy is exported (and, for ``onnx-int8``, quantized behind the cosine ga
 so it is compared artifact for artifact. ``--int8-of LABEL`` adds an ONNX int8 copy
 of that model (exported and quantized as students are, behind the cosine gate), e.g.
 the shipped baseline, to show what compression alone buys.
+
+A static student (``distill --student static``) is a row like any other
+(``--model static=runs/static@static``). ``--bm25`` adds BM25 alone, and
+``--hybrid LABEL`` a row of that model fused with BM25 (`search.hybrid`, convex) at
+the dense weight its ``distill_report.json`` chose on the train split (else the
+default; ``--hybrid LABEL=0.3`` sets it). BM25 rows count its indexing in docs/s and
+its search in query ms, measured on the same passages and queries.
 """
 
 from __future__ import annotations
@@ -32,13 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from search.assets import cache_dir, embeddings_dir, resolve_model
+from search.bm25_index import BM25Index
 from search.corpus import load_beir
 from search.embed_cache import cache_for
 from search.encoder import load_encoder
-from search.evaluate import corpus_texts, evaluate
+from search.evaluate import corpus_texts, evaluate, evaluate_hybrid
+from search.hybrid import DEFAULT_WEIGHT
 from search.significance import paired_test
 
-_Y_SPAN = 0.05  # nDCG@10 below the best shown to scale
+_Y_SPAN = 0.25  # nDCG@10 below the best shown to scale (a static row sits ~0.1 below hybrids)
 DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) / "scifact"
 
 
@@ -72,6 +81,40 @@ def measure(spec: str, backend: str, passages: list[str], queries: list[str]) ->
         "query_ms": 1000 * (time.perf_counter() - t0) / len(queries),
         "backend": encoder.backend,
         "docs_per_s_source": "sample",  # measured just now, not the evaluation's cache
+    }
+
+
+def measure_bm25(passages: list[str], queries: list[str]) -> dict[str, Any]:
+    """BM25 indexing docs/s and single-query search ms on the same texts as `measure`."""
+    t0 = time.perf_counter()
+    index = BM25Index.build(passages)
+    docs_per_s = len(passages) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for q in queries:
+        index.search(q, 10)
+    query_ms = 1000 * (time.perf_counter() - t0) / len(queries)
+    return {"docs_per_s": docs_per_s, "query_ms": query_ms, "docs_per_s_source": "sample"}
+
+
+def hybrid_weight(spec: str, given: str) -> float:
+    """The dense weight of a ``--hybrid`` row: given, else the one the model's distill
+    report chose on validation (train) queries, else `DEFAULT_WEIGHT`."""
+    if given:
+        return float(given)
+    report = resolve_model(spec) / "distill_report.json"
+    if report.is_file():
+        chosen = json.loads(report.read_text()).get("hybrid", {}).get("weight")
+        if chosen is not None:
+            return float(chosen)
+    return DEFAULT_WEIGHT
+
+
+def _combined(dense: dict[str, Any], bm25: dict[str, Any]) -> dict[str, Any]:
+    """Speed of dense + BM25: both index every document and search every query."""
+    return {
+        "docs_per_s": 1 / (1 / dense["docs_per_s"] + 1 / bm25["docs_per_s"]),
+        "query_ms": dense["query_ms"] + bm25["query_ms"],
+        "docs_per_s_source": "sample",
     }
 
 
@@ -216,6 +259,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--dims", type=int, default=None, help="add a PCA-reduced row")
     parser.add_argument("--dims-of", default=None, help="LABEL to reduce (default: last)")
+    parser.add_argument("--bm25", action="store_true", help="add a BM25-alone row")
+    parser.add_argument(
+        "--hybrid",
+        action="append",
+        default=[],
+        help="LABEL[=WEIGHT]: add that model fused with BM25 (weight: its distill report's)",
+    )
     parser.add_argument(
         "--int8-of",
         action="append",
@@ -244,7 +294,20 @@ def main() -> None:
     _, texts = corpus_texts(corpus)
     passages = random.Random(0).sample(texts, min(args.speed_docs, len(texts)))
     speed_queries = list(queries.values())[:32]
+    hybrids = dict(h.partition("=")[::2] for h in args.hybrid)
+    for label in hybrids:
+        if label not in specs:
+            parser.error(f"--hybrid {label!r}: no --model with that label")
+    bm25_speed = measure_bm25(passages, speed_queries) if args.bm25 or hybrids else {}
     rows: list[dict[str, Any]] = []
+
+    def add(report: dict[str, Any]) -> None:
+        rows.append(report)
+        print(
+            f"{report['label']}: nDCG@10 {report['ndcg@10']:.4f} docs/s {report['docs_per_s']:.1f}",
+            flush=True,
+        )
+
     for item in args.model:
         label, _, spec = item.partition("=")
         spec, _, backend = spec.partition("@")
@@ -252,13 +315,20 @@ def main() -> None:
         encoder = load_encoder(spec, backend=backend)  # type: ignore[arg-type]
         cache = cache_for(encoder, embeddings_dir())  # int8 vectors are cached apart
         report = evaluate(encoder, corpus, queries, qrels, cache=cache)
-        report.update(measure(spec, backend, passages, speed_queries))
+        speed = measure(spec, backend, passages, speed_queries)
+        report.update(speed)
         report.update(label=label, size_mb=size_mb(resolve_model(spec), backend))
-        rows.append(report)
-        print(
-            f"{label}: nDCG@10 {report['ndcg@10']:.4f} docs/s {report['docs_per_s']:.1f}",
-            flush=True,
-        )
+        add(report)
+        if label in hybrids:
+            weight = hybrid_weight(spec, hybrids[label])
+            fused = evaluate_hybrid(encoder, corpus, queries, qrels, cache=cache, weight=weight)
+            fused.update(_combined(speed, bm25_speed), backend=f"{backend}+bm25")
+            fused.update(label=f"{label}+bm25 (w={weight:g})", size_mb=report["size_mb"])
+            add(fused)
+    if args.bm25:
+        bm25 = evaluate(None, corpus, queries, qrels)
+        bm25.update(bm25_speed, label="bm25", size_mb=0.0)
+        add(bm25)
     ref = rows[0]
     lines = [
         f"| model | nDCG@10 | Recall@100 | docs/s | x {ref['label']} | query ms | size MB "
