@@ -31,11 +31,18 @@ def test_exact_search_orders_by_inner_product() -> None:
     assert list(res["q"]) == ["b", "c"]
 
 
-def test_bm25_on_a_real_slice(scifact_slice: Path) -> None:
-    corpus, queries, qrels = load_beir(scifact_slice, "test")
+# BM25 nDCG@10 on the whole SciFact test split, published in docs/benchmarks.md. BM25
+# is deterministic, so it reproduces; the tolerance is half the distance to the nearest
+# broken variant measured (without titles 0.6717, without stemming 0.6617, titles only
+# 0.4633): a tokeniser or scoring regression moves it further.
+SCIFACT_BM25_NDCG = 0.6863
+
+
+def test_bm25_reproduces_the_published_scifact_figure(scifact: Path) -> None:
+    corpus, queries, qrels = load_beir(scifact, "test")
     report = evaluate(None, corpus, queries, qrels, progress=False)
-    assert report["num_queries"] == 20 and report["num_docs"] == len(corpus)
-    assert 0.3 < report["ndcg@10"] <= 1.0  # every relevant doc is in an 80-doc slice
+    assert report["num_queries"] == 300 and report["num_docs"] == len(corpus) == 5183
+    assert report["ndcg@10"] == pytest.approx(SCIFACT_BM25_NDCG, abs=0.007)
 
 
 def test_tiny_model_eval_report_keys(tiny_model: Path, scifact_slice: Path) -> None:
