@@ -431,6 +431,12 @@ def model_card(report: dict[str, Any]) -> str:
         ("ms a query", f"{speed['query_ms']:.3f}"),
     ]
     lines = [
+        "---",  # model card metadata, read by model2vec when it loads the folder
+        "library_name: model2vec",
+        f"base_model: {report['teacher']}",
+        "tags: [static-embeddings, distilsearch]",
+        "---",
+        "",
         f"# Static student of {report['teacher']}",
         "",
         "Made by `distilsearch distill --student static` (model2vec distillation, adapted "

@@ -104,7 +104,8 @@ def test_the_run_distils_adapts_gates_and_reports(static_run: tuple[Path, dict])
         assert (folder / name).is_file(), name
     saved = json.loads((folder / REPORT).read_text())
     assert saved["student_hash"] and saved["gate"] == gate
-    assert "Static student" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: model2vec") and "Static student" in card
 
 
 def test_the_folder_loads_through_load_encoder(static_run: tuple[Path, dict]) -> None:
