@@ -11,39 +11,64 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.cli import app as cli
 from api.settings import Settings
+from distill.config import DistillConfig
+from distill.gate import ValidationSet, score
+from search.encoder import TorchEncoder
 
 pytestmark = pytest.mark.slow
+
+TEACHER, STUDENT = "all-mpnet-base-v2", "all-MiniLM-L6-v2"
+DISTILL = {"max_texts": 48, "batch_size": 8, "max_minutes": 3.0}
+# all-MiniLM-L6-v2 does about an eighth of all-mpnet-base-v2's work per token (half
+# the layers, half the width) and encodes SciFact 9.3x as fast (README); short
+# held-out texts carry fixed costs that shrink the ratio, but a student no smaller
+# than its teacher measures about 1.
+MIN_SPEED_RATIO = 3.0
+# On this slice (98 documents, every relevant one among them) the teacher scored
+# 0.963 and BM25 0.902: a teacher below BM25 is broken (MiniLM cut to 16 tokens
+# scores 0.726). On the full split shipped MiniLM keeps 98.4 % of the teacher's
+# nDCG@10 (0.6451 / 0.6557) and on this slice 100.5 %; a student below 95 % lost
+# more than a distillation of a few steps can be allowed to.
+MIN_SHARE_OF_TEACHER = 0.95
+
+
+def validation_set(data: Path, out: Path) -> ValidationSet:
+    """The validation set the run gated on, rebuilt as `distill` builds it: the same
+    config, texts and seed, the teacher's labels from the embedding cache the run
+    filled. The slice has no train qrels, so its queries are held-out texts judged
+    by the teacher's top-10."""
+    from distill.run import _validation_set, label
+    from search.assets import embeddings_dir, resolve_model
+    from search.embed_cache import EmbeddingCache
+
+    config = DistillConfig(teacher=TEACHER, student=STUDENT, data=data, out=out, **DISTILL)
+    teacher = TorchEncoder(resolve_model(TEACHER), name=TEACHER)
+    cache = EmbeddingCache(embeddings_dir(), teacher.model_hash, teacher.dim)
+    labelled = label(config, teacher, cache, progress=False)
+    query_texts = labelled.texts.all_queries()
+    return _validation_set(
+        config, labelled.val_queries, labelled.val_qrels, labelled.held, query_texts, teacher, cache
+    )
 
 
 def test_distill_index_search_eval_serve(scifact_slice: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     student = tmp_path / "student"
-    r = runner.invoke(
-        cli,
-        [
-            "distill",
-            "--teacher",
-            "all-mpnet-base-v2",
-            "--student",
-            "all-MiniLM-L6-v2",
-            "--data",
-            str(scifact_slice),
-            "--out",
-            str(student),
-            "--max-texts",
-            "48",
-            "--batch-size",
-            "8",
-            "--max-minutes",
-            "3",
-        ],
-    )
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in DISTILL.items()]
+    args = ["--teacher", TEACHER, "--student", STUDENT, "--data", str(scifact_slice)]
+    r = runner.invoke(cli, ["distill", *args, "--out", str(student), *options])
     assert r.exit_code == 0, r.output
     report = json.loads((student / "distill_report.json").read_text())
-    assert report["steps"] > 0 and report["speed_ratio"] > 1.5
+    assert report["steps"] > 0 and report["speed_ratio"] > MIN_SPEED_RATIO, report["speed_ratio"]
     gate = report["gate"]
     assert gate["source"] == "teacher top-10"  # the slice has no train qrels
-    assert gate["after"] >= gate["before"] or gate["emitted"] == "initial"
+    # The emitted student, loaded from its folder and scored on the same validation
+    # set, scores what the gate says, and at least its untrained start.
+    val = validation_set(scifact_slice, student)
+    assert (len(val.queries), len(val.corpus)) == (gate["queries"], gate["docs"])
+    rescored = score(TorchEncoder(student), val)
+    assert rescored == pytest.approx(gate["after"], abs=1e-4), (rescored, gate)
+    assert rescored >= gate["before"] - 1e-4, (rescored, gate)
     assert (student / "onnx" / "model.onnx").is_file()  # exported and checked against torch
 
     idx = tmp_path / "idx"
@@ -52,22 +77,20 @@ def test_distill_index_search_eval_serve(scifact_slice: Path, tmp_path: Path) ->
     )
     assert r.exit_code == 0, r.output
 
-    r = runner.invoke(
-        cli, ["eval", "--model", str(student), "--data", str(scifact_slice), "--json"]
-    )
-    assert r.exit_code == 0, r.output
-    student_eval = json.loads(r.stdout)
-    r = runner.invoke(
-        cli, ["eval", "--model", "all-mpnet-base-v2", "--data", str(scifact_slice), "--json"]
-    )
-    teacher_eval = json.loads(r.stdout)
-    # On 80 documents both should find most relevant documents.
-    assert teacher_eval["ndcg@10"] > 0.6 and student_eval["ndcg@10"] > 0.5
-    assert student_eval["docs_per_s"] > teacher_eval["docs_per_s"]
+    evals = {}
+    for name, model in (("student", str(student)), ("teacher", TEACHER), ("bm25", "bm25")):
+        r = runner.invoke(cli, ["eval", "--model", model, "--data", str(scifact_slice), "--json"])
+        assert r.exit_code == 0, r.output
+        evals[name] = json.loads(r.stdout)
+    ndcg = {name: e["ndcg@10"] for name, e in evals.items()}
+    assert ndcg["teacher"] > ndcg["bm25"], ndcg
+    assert ndcg["student"] >= MIN_SHARE_OF_TEACHER * ndcg["teacher"], ndcg
+    assert evals["student"]["docs_per_s"] > evals["teacher"]["docs_per_s"]
 
     query = json.loads((scifact_slice / "queries.jsonl").read_text().splitlines()[0])
     with TestClient(create_app(Settings(index_dir=idx))) as client:
-        body = client.post("/search", json={"query": query["text"], "k": 5}).json()
+        # The student's own ranking (hybrid, the default, mixes in BM25).
+        body = client.post("/search", json={"query": query["text"], "k": 5, "mode": "dense"}).json()
     assert len(body["hits"]) == 5
     relevant = {
         line.split("\t")[1]
