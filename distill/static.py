@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,29 @@ FUSION_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 _SPEED_TEXTS = 2000
 
 
+@dataclass
+class _Setup:
+    """What a static run stands on: its options, the loaded teacher and its cache, the
+    labelled training texts (`distill.run.label`) and the validation set."""
+
+    config: DistillConfig
+    options: StaticOptions
+    device: str
+    teacher: TorchEncoder
+    cache: EmbeddingCache
+    labelled: Any
+    val: ValidationSet
+
+
+@dataclass
+class _Trained:
+    """The candidate models of a run, in the order they were made, and how each was made."""
+
+    candidates: dict[str, Any]
+    stages: list[dict[str, Any]]
+    fidelity: dict[str, Any]
+
+
 def distill_static(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
     """Distill, adapt, gate and save a static student; return its report (also written
     to ``config.out``).
@@ -59,52 +83,90 @@ def distill_static(config: DistillConfig, *, progress: bool = True) -> dict[str,
     Raises:
         ValueError: ``config.student`` is not a static spec, or another setting is bad.
     """
+    options = _static_options(config)
+    t_start = time.perf_counter()
+    run = _set_up(config, options, progress)
+    timings = {"label_seconds": time.perf_counter() - t_start}
+    t0 = time.perf_counter()
+    plain, plain_cached = plain_model(run.teacher, options, run.device)
+    timings["plain_seconds"] = time.perf_counter() - t0
+    labelled = run.labelled
+    trained = train_candidates(
+        plain, labelled.train, labelled.held, labelled.vecs, options, run.device, seed=config.seed
+    )
+    gate = gate_candidates(trained, run.val, _teacher_score(run.teacher, run.val, run.cache))
+    model = trained.candidates[gate["emitted"]]
+    report = _report(run, trained, gate, model, plain_cached, timings)
+    report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    publish(model, config.out, report)
+    return report
+
+
+def _static_options(config: DistillConfig) -> StaticOptions:
+    """The static options of `config`'s student spec, after validating the config."""
     spec = config.validate()
     if spec.static is None:
         raise ValueError(f"--student {config.student!r} is not a static student spec")
-    options = spec.static
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    return spec.static
+
+
+def _set_up(config: DistillConfig, options: StaticOptions, progress: bool) -> _Setup:
+    """Load the teacher, label the training texts with it and build the validation set."""
     device = resolve_device(config.device)
     teacher = TorchEncoder(resolve_model(config.teacher), name=config.teacher, device=device)
     cache = EmbeddingCache(embeddings_dir(), teacher.model_hash, teacher.dim)
     labelled = label(config, teacher, cache, progress)
-    train, held = labelled.train, labelled.held
     val = _validation_set(
         config,
         labelled.val_queries,
         labelled.val_qrels,
-        held,
+        labelled.held,
         labelled.texts.all_queries(),
         teacher,
         cache,
     )
-    timings["label_seconds"] = time.perf_counter() - t_start
+    return _Setup(config, options, device, teacher, cache, labelled, val)
 
-    t0 = time.perf_counter()
-    plain, plain_cached = plain_model(teacher, options, device)
-    timings["plain_seconds"] = time.perf_counter() - t0
+
+def train_candidates(
+    plain: Any,
+    train: list[str],
+    held: list[str],
+    vecs: np.ndarray,
+    options: StaticOptions,
+    device: str = "cpu",
+    *,
+    seed: int = 42,
+) -> _Trained:
+    """The plain model and, when ``options.adapt``, its adapted and re-weighted versions,
+    each stored as ``options.dtype``.
+
+    Args:
+        plain: The plain StaticModel (not modified).
+        train: Training texts; held: held-out texts.
+        vecs: float32 (len(train) + len(held), teacher dim): the teacher's embeddings of
+            ``train + held``, in that order.
+        options: The static options.
+        device: Torch device of the adaptation.
+        seed: Seed of the adaptation.
+
+    Returns:
+        The candidates by name (``plain``, ``adapted``, ``adapted+reweight``), the stages
+        that made them with their seconds, and the held-out fidelity of adaptation.
+    """
     candidates = {"plain": plain}
     stages: list[dict[str, Any]] = []
     fid: dict[str, Any] = {}
     if options.adapt:
         t0 = time.perf_counter()
-        tmap = fit_target_map(labelled.vecs[: min(len(train), 2000)], _encode(plain, train[:2000]))
-        targets = tmap.apply(labelled.vecs)
-        adapted = adapt(
-            plain,
-            train,
-            targets[: len(train)],
-            held,
-            targets[len(train) :],
-            options,
-            device,
-            seed=config.seed,
-        )
+        tmap = fit_target_map(vecs[: min(len(train), 2000)], _encode(plain, train[:2000]))
+        targets = tmap.apply(vecs)
+        train_targets, held_targets = targets[: len(train)], targets[len(train) :]
+        adapted = adapt(plain, train, train_targets, held, held_targets, options, device, seed=seed)
         fid = {
             "target_map_explained": round(tmap.explained, 4),
-            "heldout_cosine_plain": _fidelity(plain, held, targets[len(train) :]),
-            "heldout_cosine_adapted": _fidelity(adapted, held, targets[len(train) :]),
+            "heldout_cosine_plain": _fidelity(plain, held, held_targets),
+            "heldout_cosine_adapted": _fidelity(adapted, held, held_targets),
         }
         candidates["adapted"] = adapted
         stages.append({"name": "adapt", "seconds": round(time.perf_counter() - t0, 1)})
@@ -113,18 +175,32 @@ def distill_static(config: DistillConfig, *, progress: bool = True) -> dict[str,
             candidates["adapted+reweight"] = reweight(adapted, train + held, options.reweight)
             stages.append({"name": "reweight", "seconds": round(time.perf_counter() - t0, 1)})
     candidates = {name: with_dtype(m, options.dtype) for name, m in candidates.items()}
-    train_seconds = round(sum(s["seconds"] for s in stages), 1)
+    return _Trained(candidates, stages, fid)
 
-    scores = {name: score(StaticEncoder.from_model(m, name), val) for name, m in candidates.items()}
-    for stage, (before, after) in zip(stages, _stage_pairs(scores), strict=False):
+
+def gate_candidates(
+    trained: _Trained, val: ValidationSet, teacher_score: float | None
+) -> dict[str, Any]:
+    """Score each candidate on the validation set and pick the one to emit; each stage
+    of `trained` gets the scores before and after it (updated in place).
+
+    Returns:
+        The report's ``gate`` block: scores, the emitted candidate's name and its gain
+        over the plain model.
+    """
+    scores = {
+        name: score(StaticEncoder.from_model(m, name), val)
+        for name, m in trained.candidates.items()
+    }
+    for stage, (before, after) in zip(trained.stages, _stage_pairs(scores), strict=False):
         stage.update(before=before, after=after, kept=after > before)
     emitted = max(scores, key=lambda name: scores[name])  # ties: the earlier, simpler one
-    gate = {
+    return {
         "metric": "ndcg@10",
         "source": val.source,
         "queries": len(val.queries),
         "docs": len(val.corpus),
-        "teacher": _teacher_score(teacher, val, cache),
+        "teacher": teacher_score,
         "before": scores["plain"],
         "after": scores[emitted],
         "candidates": scores,
@@ -132,17 +208,30 @@ def distill_static(config: DistillConfig, *, progress: bool = True) -> dict[str,
         "why": f"highest validation nDCG@10 of {', '.join(scores)}",
         "gain": round(scores[emitted] - scores["plain"], 4),
     }
-    model = candidates[emitted]
+
+
+def _report(
+    run: _Setup,
+    trained: _Trained,
+    gate: dict[str, Any],
+    model: Any,
+    plain_cached: bool,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The run's report, with the emitted model's fusion weight and speed measured now
+    (``wall_seconds`` is left to the caller)."""
+    config, labelled, teacher = run.config, run.labelled, run.teacher
+    train, held = labelled.train, labelled.held
     encoder = StaticEncoder.from_model(model, "static")
-    report: dict[str, Any] = {
+    return {
         "out": str(config.out),
         "kind": "static",
         "teacher": config.teacher,
         "teacher_hash": teacher.model_hash,
         "student": config.student,
         "data": str(config.data),
-        "device": device,
-        "static": options.as_dict(),
+        "device": run.device,
+        "static": run.options.as_dict(),
         "texts": {
             "by_source": labelled.texts.counts(),
             "total": len(train) + len(held),
@@ -150,20 +239,17 @@ def distill_static(config: DistillConfig, *, progress: bool = True) -> dict[str,
             "teacher_labelled_now": labelled.stats.encoded,
         },
         "plain_cached": plain_cached,
-        "fidelity": fid,
-        "stages": stages,
-        "train_seconds": train_seconds,
+        "fidelity": trained.fidelity,
+        "stages": trained.stages,
+        "train_seconds": round(sum(s["seconds"] for s in trained.stages), 1),
         "gate": gate,
-        "hybrid": choose_fusion(encoder, val),
-        "speed": _speed(encoder, train + held, labelled.stats.docs_per_s, val),
+        "hybrid": choose_fusion(encoder, run.val),
+        "speed": _speed(encoder, train + held, labelled.stats.docs_per_s, run.val),
         "dim": model.dim,
         "vocabulary": len(model.tokens),
         "size_mb": {"teacher": round(folder_size_mb(teacher.folder), 1)} if teacher.folder else {},
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
-    report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    publish(model, config.out, report)
-    return report
 
 
 def _stage_pairs(scores: dict[str, float]) -> list[tuple[float, float]]:
