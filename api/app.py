@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -97,52 +97,51 @@ def create_app(
             it is logged; ``/ready`` then says why).
     """
     metrics = Metrics()
+    app = FastAPI(
+        title="distilsearch",
+        version="0.1.0",
+        description="Semantic search with a distilled encoder: dense, BM25 and hybrid.",
+        lifespan=_lifespan(settings, metrics, retriever, load_in_background, on_load_error),
+    )
+    app.state.settings = settings
+    app.state.service = None
+    _add_routes(app, settings)
+    _add_error_handlers(app)
+    _add_middleware(app, settings, metrics)
+    return app
+
+
+def _lifespan(
+    settings: Settings,
+    metrics: Metrics,
+    retriever: Retriever | None,
+    load_in_background: bool,
+    on_load_error: Callable[[BaseException], None] | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: start the micro-batcher, load the index (now, or on a task
+    when `load_in_background`), publish the service on ``app.state``; on shutdown stop
+    the batcher and drop the index."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder = IndexHolder()
-        batcher = MicroBatcher(
-            max_batch=settings.batch_max_size,
-            max_wait_ms=settings.batch_max_wait_ms,
-            max_queue=settings.max_queue,
-            on_batch=metrics.observe_batch,
-            search_threads=settings.search_threads,
-            workers=settings.workers(),
-            encode_batch_size=settings.batch_encode_size,
-        )
-        service = Service(settings, holder, batcher, metrics)
-
-        async def load() -> None:
-            if retriever is not None:
-                loaded = loaded_index_for(retriever)
-            else:
-                loaded = await run_in_threadpool(
-                    load_index,
-                    settings.index_dir,
-                    model=settings.model,
-                    backend=settings.backend,
-                    threads=settings.threads_per_worker(),
-                )
-            _set_torch_threads(settings, loaded.retriever.encoder.backend)
-            holder.swap(loaded)
-            service.observe_index(loaded)
+        service = _new_service(settings, metrics)
 
         async def load_or_report() -> None:
             try:
-                await load()
+                await _load(service, retriever)
             except Exception as exc:
                 logger.error("cannot load the index %s: %s", settings.index_dir, exc)
                 service.load_error = str(exc)
                 if on_load_error is not None:
                     on_load_error(exc)
 
-        batcher.start()
+        service.batcher.start()
         loading: asyncio.Task[None] | None = None
         try:
             if load_in_background:
                 loading = asyncio.create_task(load_or_report())
             else:
-                await load()
+                await _load(service, retriever)
             app.state.service = service
             yield
         finally:
@@ -150,25 +149,63 @@ def create_app(
                 loading.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loading
-            batcher.stop()
-            holder.swap(None)
+            service.batcher.stop()
+            service.holder.swap(None)
             app.state.service = None
 
-    app = FastAPI(
-        title="distilsearch",
-        version="0.1.0",
-        description="Semantic search with a distilled encoder: dense, BM25 and hybrid.",
-        lifespan=lifespan,
+    return lifespan
+
+
+def _new_service(settings: Settings, metrics: Metrics) -> Service:
+    """A service with no index yet and a micro-batcher not yet started."""
+    batcher = MicroBatcher(
+        max_batch=settings.batch_max_size,
+        max_wait_ms=settings.batch_max_wait_ms,
+        max_queue=settings.max_queue,
+        on_batch=metrics.observe_batch,
+        search_threads=settings.search_threads,
+        workers=settings.workers(),
+        encode_batch_size=settings.batch_encode_size,
     )
-    app.state.settings = settings
-    app.state.service = None
+    return Service(settings, IndexHolder(), batcher, metrics)
+
+
+async def _load(service: Service, retriever: Retriever | None) -> None:
+    """Load the index into `service`: `retriever` when given, else the settings' index
+    folder (on a worker thread)."""
+    settings = service.settings
+    if retriever is not None:
+        loaded = loaded_index_for(retriever)
+    else:
+        loaded = await run_in_threadpool(
+            load_index,
+            settings.index_dir,
+            model=settings.model,
+            backend=settings.backend,
+            threads=settings.threads_per_worker(),
+        )
+    _set_torch_threads(settings, loaded.retriever.encoder.backend)
+    service.holder.swap(loaded)
+    service.observe_index(loaded)
+
+
+def _add_routes(app: FastAPI, settings: Settings) -> None:
+    """The routers, the search page's static files and the OpenAPI schema with limits."""
     for module in (health, search, documents, admin, info, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.openapi = openapi_with_limits(app, settings)  # type: ignore[method-assign]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """422 with encodable input, 503 on overload, and a logged, opaque 500."""
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(OverloadedError, _overloaded)
     app.add_exception_handler(Exception, _server_error)
+
+
+def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Body size guard, request metrics and, when origins are set, CORS."""
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
@@ -178,4 +215,3 @@ def create_app(
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Content-Type", "X-API-Key"],
         )
-    return app
