@@ -21,6 +21,7 @@ import typer
 from distill.config import DistillConfig
 from indexer.options import BuildOptions
 from search.corpus import Fields, ReadReport, Record
+from search.encoder import BACKENDS
 from search.hybrid import DEFAULT_FUSION, DEFAULT_WEIGHT, RRF_C
 from search.types import DistilsearchError
 
@@ -35,7 +36,7 @@ app = typer.Typer(
 )
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
-BackendOpt = Annotated[str, typer.Option(help="auto|torch|onnx|onnx-int8")]
+BackendOpt = Annotated[str, typer.Option(help="|".join(BACKENDS))]
 EncodeBatch = Annotated[int, typer.Option(help="Encoding batch size.")]
 DeviceOpt = Annotated[
     str | None,
@@ -487,7 +488,7 @@ def serve(
     model: Annotated[
         str | None, typer.Option(help="Query encoder; default: the index's model.")
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="auto|torch|onnx|onnx-int8")] = None,
+    backend: Annotated[str | None, typer.Option(help="|".join(BACKENDS))] = None,
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
     ] = False,

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from search.encoder import BACKENDS
 from search.hybrid import DEFAULT_DEPTH, DEFAULT_FUSION, DEFAULT_WEIGHT, RRF_C, Fusion
 from search.onnx_encoder import cpu_count
 
@@ -24,7 +25,7 @@ class Settings(BaseSettings):
 
     index_dir: Path = Field(description="Index folder to serve.")
     model: str | None = Field(None, description="Query encoder; default: the index's model.")
-    backend: str = Field("auto", description="auto|torch|onnx|onnx-int8")
+    backend: str = Field("auto", description="|".join(BACKENDS))
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless told.")
     port: int = Field(8000, ge=0, le=65535)
 
