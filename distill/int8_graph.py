@@ -8,7 +8,9 @@ onnxruntime's ``quantize_dynamic``; `write_int8` then rewrites each weight MatMu
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +97,36 @@ def per_token_int8(proto: Any, rounded: Rounded, exclude: Sequence[str] = ()) ->
     return done
 
 
-class _NoPreprocessHint(logging.Filter):
-    """Drops onnxruntime's "Please consider to run pre-processing" warning, which it
-    logs on the root logger at every quantization. The pre-processing it means (shape
-    inference, graph fusions before quantizing) is not needed to store embedding tables
-    in int8, and onnxruntime's transformer fusions do not speed up this graph
-    (docs/experiments.md)."""
+_PREPROCESS_HINT = "pre-processing before quantization"
+
+
+class _OnnxruntimePreprocessHint(logging.Filter):
+    """Matches onnxruntime's "Please consider to run pre-processing before quantization"
+    warning and nothing else: that text, logged from onnxruntime's own files."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
+        from_onnxruntime = f"{os.sep}onnxruntime{os.sep}" in record.pathname
+        return not (from_onnxruntime and _PREPROCESS_HINT in record.getMessage())
+
+
+@contextmanager
+def _without_preprocess_hint() -> Iterator[None]:
+    """Drop onnxruntime's pre-processing warning while the block runs.
+
+    onnxruntime logs it at every quantization with a bare ``logging.warning``, so it
+    goes through the root logger and no narrower logger carries it; the filter sits on
+    the root logger only for the block and drops only that record. The pre-processing
+    it means (shape inference, graph fusions before quantizing) is not needed to store
+    embedding tables in int8, and onnxruntime's transformer fusions do not speed up
+    this graph (docs/experiments.md).
+    """
+    hint = _OnnxruntimePreprocessHint()
+    root = logging.getLogger()
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
 
 
 def quantize_tables(src: Path, dst: Path) -> None:
@@ -111,9 +134,7 @@ def quantize_tables(src: Path, dst: Path) -> None:
     ``quantize_dynamic``; the MatMuls are left to `write_int8`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    hint = _NoPreprocessHint()
-    logging.getLogger().addFilter(hint)
-    try:
+    with _without_preprocess_hint():
         quantize_dynamic(
             src,
             dst,
@@ -122,8 +143,6 @@ def quantize_tables(src: Path, dst: Path) -> None:
             weight_type=QuantType.QInt8,
             use_external_data_format=_external(src),
         )
-    finally:
-        logging.getLogger().removeFilter(hint)
 
 
 def write_int8(tables: Path, dst: Path, exclude: Sequence[str], rounded: Rounded) -> None:

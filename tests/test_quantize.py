@@ -141,9 +141,11 @@ def test_int8_graph_is_per_token(exported: Path, tmp_path: Path) -> None:
 
 
 def test_quantize_writes_int8_that_agrees(fresh: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root_filters = list(logging.getLogger().filters)
     with caplog.at_level(logging.INFO):
         report = quantize_int8(fresh, TEXTS)
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    assert logging.getLogger().filters == root_filters  # the hint's filter left with the call
     assert any("wrote" in r.getMessage() for r in caplog.records)  # our own logs pass
     assert report["written"] and (fresh / "onnx" / "model_int8.onnx").is_file()
     assert report["cosine_mean"] >= 0.99 and report["size_mb"] < report["fp32_size_mb"]
