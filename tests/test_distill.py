@@ -35,14 +35,30 @@ def test_run_leaves_onnx_artifacts_behind_the_gate(
     )
     comp = report["compression"]
     assert comp["onnx"]["cosine_mean"] >= 0.999
-    assert comp["int8"]["min_cosine"] == 0.996  # the default gate
-    assert (out / "onnx" / "model_int8.onnx").is_file() == comp["int8"]["written"]
-    assert "onnx" in available_backends(out)
+    int8 = comp["int8"]
+    assert int8["min_cosine"] == 0.996  # the default gate
+    # The verdict follows from the recorded numbers: the cosine gate, then at most a 1 %
+    # relative drop of validation nDCG@10 (both ways: a gate that lets a 2 % drop
+    # through, or refuses a passing int8, breaks this).
+    if int8["cosine_mean"] < int8["min_cosine"]:
+        should_pass = False
+    else:
+        drop = (int8["fp32_score"] - int8["int8_score"]) / int8["fp32_score"]
+        should_pass = drop <= 0.01
+        assert f"{int8['int8_score']:.4f} vs fp32 {int8['fp32_score']:.4f}" in int8["reason"]
+    assert int8["written"] == should_pass, int8["reason"]
+    assert (out / "onnx" / "model_int8.onnx").is_file() == should_pass
+    expected = ["onnx-int8", "onnx", "torch"] if should_pass else ["onnx", "torch"]
+    assert available_backends(out) == expected
     saved = json.loads((out / REPORT).read_text())
-    assert saved["compression"]["int8"]["reason"] == comp["int8"]["reason"]
+    assert saved["compression"]["int8"]["reason"] == int8["reason"]
     assert "ONNX fp32" in (out / "README.md").read_text()
-    served = saved["served_speed_ratio"]  # the artifact auto serves, on the same texts
-    assert served["backend"] == available_backends(out)[0] and served["ratio"] > 0
+    # The ratio is of the artifact auto serves: int8 exactly when the gate let it through.
+    # (Its value is two timings from different stages of the run, which CPU contention
+    # skews more than a formula error would; the report does not record the teacher's
+    # rate.)
+    served = saved["served_speed_ratio"]
+    assert served["backend"] == ("onnx-int8" if should_pass else "onnx")
     assert f"as served ({served['backend']})" in (out / "README.md").read_text()
 
 
