@@ -26,6 +26,7 @@ from search.hybrid import DEFAULT_FUSION, DEFAULT_WEIGHT, RRF_C
 from search.types import DistilsearchError
 
 if TYPE_CHECKING:
+    from api.demo import DemoResult
     from indexer.executor import Executor
     from search.encoder import Encoder
 
@@ -241,11 +242,9 @@ def index(
 ) -> None:
     """Encode a corpus and write a FAISS index folder (resumable: rerun to continue)."""
     _setup(verbose)
-    from indexer.build import build_index, summary
     from indexer.factory import parse_memory
-    from search.assets import embeddings_dir, resolve_model
+    from search.assets import resolve_model
     from search.corpus import count_documents, fingerprint, iter_records
-    from search.embed_cache import cache_for
     from search.encoder import load_encoder
 
     path = _data_path(data)
@@ -260,29 +259,47 @@ def index(
         if update:
             _upsert(out, records, encoder, report)
             return
-        model_path = str(resolve_model(model))
-        with _dask_executor(scheduler, model_path, encoder.backend, batch_size) as executor:
-            emb = cache_for(encoder, embeddings_dir()) if cache else None
-            key = [fingerprint(path), fields.id, fields.title, fields.text, on_error]
-            options = BuildOptions(
-                factory=factory,
-                batch_size=batch_size,
-                shard_size=shard_size,
-                model_path=model_path,
-                total=count_documents(path),
-                max_memory=budget,
-                on_error=on_error,
-                resume_key=json.dumps(key),
-                work_dir=work_dir,
-                target_recall=target_recall,
-                ondisk=on_disk,
-                bm25=bm25,
-            )
-            manifest = build_index(
-                encoder, records, out, options, cache=emb, report=report, engine=executor
-            )
+        key = [fingerprint(path), fields.id, fields.title, fields.text, on_error]
+        options = BuildOptions(
+            factory=factory,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            model_path=str(resolve_model(model)),
+            total=count_documents(path),
+            max_memory=budget,
+            on_error=on_error,
+            resume_key=json.dumps(key),
+            work_dir=work_dir,
+            target_recall=target_recall,
+            ondisk=on_disk,
+            bm25=bm25,
+        )
+        _build(encoder, records, out, options, scheduler=scheduler, cache=cache, report=report)
     except (DistilsearchError, ValueError, OSError) as exc:
         fail(str(exc))
+
+
+def _build(
+    encoder: Encoder,
+    records: Iterable[Record],
+    out: Path,
+    options: BuildOptions,
+    *,
+    scheduler: str | None,
+    cache: bool,
+    report: ReadReport,
+) -> None:
+    """``index``: build the index folder `out` (on Dask with a `scheduler`) and say so."""
+    from indexer.build import build_index, summary
+    from search.assets import embeddings_dir
+    from search.embed_cache import cache_for
+
+    model_path = options.model_path or ""
+    with _dask_executor(scheduler, model_path, encoder.backend, options.batch_size) as executor:
+        emb = cache_for(encoder, embeddings_dir()) if cache else None
+        manifest = build_index(
+            encoder, records, out, options, cache=emb, report=report, engine=executor
+        )
     typer.echo(f"indexed into {out}: {summary(manifest)}")
     if report.skipped:
         typer.echo(report.summary())
@@ -594,13 +611,12 @@ def demo(
 
     The total wall time counts from DISTILSEARCH_DEMO_T0 (Unix time; set by make demo).
     """
-    import threading
     import time
 
     started = float(os.environ.get("DISTILSEARCH_DEMO_T0") or time.time())
     since = "`make demo` started" if "DISTILSEARCH_DEMO_T0" in os.environ else "the demo started"
     _setup(verbose)
-    from api.demo import format_duration, run_demo, wait_until_answering
+    from api.demo import format_duration, run_demo
     from search.assets import MINILM_NAME
     from search.corpus import find_dataset
 
@@ -620,10 +636,23 @@ def demo(
     except (DistilsearchError, ValueError) as exc:
         fail(str(exc))
     typer.echo(result.table)
-    step = "[4/4]" if full else "[3/3]"
     if not serve_after:
         typer.echo(f"total wall time {format_duration(time.time() - started)} since {since}")
         return
+    step = "[4/4]" if full else "[3/3]"
+    _serve_demo(result, port, step, since, started, verbose)
+
+
+def _serve_demo(
+    result: DemoResult, port: int, step: str, since: str, started: float, verbose: bool
+) -> None:
+    """Serve the demo's index on `port`; once a test search answers, print the total wall
+    time from `started` (Unix time)."""
+    import threading
+    import time
+
+    from api.demo import format_duration, wait_until_answering
+
     url = f"http://127.0.0.1:{port}"
 
     def announce() -> None:
