@@ -109,7 +109,7 @@ class DistillConfig:
     out: Path
     teacher: str = TEACHER_NAME
     student: str = DEFAULT_STUDENT
-    max_minutes: float = 30.0
+    max_minutes: float = 35.0
     max_texts: int = 8000
     extra_texts: list[Path] = field(default_factory=list)
     generic_texts: Path | None = field(default_factory=default_generic_texts)
@@ -128,7 +128,7 @@ class DistillConfig:
     val_docs: int = 1000
     layerwise_epochs: float = 3.0
     layerwise_lr: float = 1e-4
-    layerwise_share: float = 0.5
+    layerwise_share: float = 0.7
     top_layers: int = 2
     device: str | None = None
 
