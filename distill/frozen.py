@@ -143,6 +143,113 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+def _snapshot(layers: Sequence[torch.nn.Module]) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.detach().clone() for k, v in la.state_dict().items()} for la in layers]
+
+
+def warmup_cosine(planned: int) -> Any:
+    """Learning-rate factor of step `step`: linear warm-up over the first 5 % of
+    `planned` steps, then a cosine decay to 0 at `planned`."""
+    warmup = max(1, planned // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
+
+    return factor
+
+
+@dataclass
+class _State:
+    """Where training stands: what a checkpoint holds besides the optimizer's state."""
+
+    step: int
+    before: float
+    best: float
+    best_state: list[dict[str, torch.Tensor]]
+    history: list[tuple[int, float]]
+    resumed: int = 0
+
+
+@dataclass
+class _Trainer:
+    """The pieces one teacher-stage step and evaluation use."""
+
+    top: Top
+    store: StateStore
+    boundary: int
+    val: ValidationStates
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ckpt: Path
+
+    def start(self) -> _State:
+        """Resume from the checkpoint when there is one, else score the start."""
+        layers = self.top.layers
+        if not self.ckpt.is_file():
+            before = self.val.score(self.top)
+            return _State(0, before, before, _snapshot(layers), [(0, before)])
+        saved = torch.load(self.ckpt, weights_only=False)
+        for layer, state in zip(layers, saved["layers"], strict=True):
+            layer.load_state_dict(state)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        return _State(
+            saved["step"],
+            saved["before"],
+            saved["best"],
+            saved["best_state"],
+            saved["history"],
+            resumed=saved["step"],
+        )
+
+    def step(
+        self, q_rows: list[int], d_rows: list[int], labels: torch.Tensor, temperature: float
+    ) -> float:
+        """One optimizer step on queries `q_rows` against documents `d_rows`;
+        `labels` holds the teacher's embeddings of the queries, then the documents."""
+        for layer in self.top.layers:
+            layer.train()
+        q = self.top.embed(*self.store.batch(self.boundary, q_rows))
+        d = self.top.embed(*self.store.batch(self.boundary, d_rows))
+        labels = labels.to(q.device)
+        loss = rank_distill_loss(q, d, labels[: len(q_rows)], labels[len(q_rows) :], temperature)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.top.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.item())
+
+    def evaluate(self, state: _State) -> bool:
+        """Score the weights now, keep them if best, checkpoint; True when they were
+        the best so far."""
+        layers = self.top.layers
+        for layer in layers:
+            layer.eval()
+        current = self.val.score(self.top)
+        state.history.append((state.step, current))
+        logger.info("step %d: validation nDCG@10 %.4f (best %.4f)", state.step, current, state.best)
+        improved = current > state.best
+        if improved:
+            state.best, state.best_state = current, _snapshot(layers)
+        _save(
+            self.ckpt,
+            {
+                "layers": [la.state_dict() for la in layers],
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": state.step,
+                "before": state.before,
+                "best": state.best,
+                "best_state": state.best_state,
+                "history": state.history,
+            },
+        )
+        return improved
+
+
 def train_top(
     top: Top,
     store: StateStore,
@@ -181,103 +288,57 @@ def train_top(
         The result; the student holds the weights with the best validation score
         (the initial ones if nothing beat them).
     """
-    params = top.parameters()
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     n = len(examples)
     per_epoch = max(1, n // batch_size)
     planned = max(1, int(per_epoch * max_epochs))
-    warmup = max(1, planned // 20)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    layers = top.layers
-    ckpt = work / "top.pt"
+    optimizer = torch.optim.AdamW(top.parameters(), lr=lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(planned))
     work.mkdir(parents=True, exist_ok=True)
-    if ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=False)
-        for layer, state in zip(layers, saved["layers"], strict=True):
-            layer.load_state_dict(state)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        step, before, best = saved["step"], saved["before"], saved["best"]
-        best_state, history = saved["best_state"], saved["history"]
-        resumed = step
-    else:
-        before = val.score(top)
-        step, best, history, resumed = 0, before, [(0, before)], 0
-        best_state = [{k: v.detach().clone() for k, v in la.state_dict().items()} for la in layers]
-    labels = torch.from_numpy(examples.labels).reshape(n, 3, -1)
-    labels = torch.nn.functional.normalize(labels, dim=-1)
+    trainer = _Trainer(top, store, boundary, val, optimizer, scheduler, work / "top.pt")
+    state = trainer.start()
+    labels = torch.nn.functional.normalize(
+        torch.from_numpy(examples.labels).reshape(n, 3, -1), dim=-1
+    )
     q_rows = [rows[t] for t in examples.queries]
     p_rows = [rows[t] for t in examples.positives]
     n_rows = [rows[t] for t in examples.negatives]
     deadline = time.monotonic() + seconds
     t0, stopped, stale = time.perf_counter(), "epochs done", 0
-    bar = tqdm(total=planned, initial=step, desc="top layers vs teacher", disable=not progress)
-    while step < planned:
+    bar = tqdm(
+        total=planned, initial=state.step, desc="top layers vs teacher", disable=not progress
+    )
+    while state.step < planned:
         order = list(range(n))  # this epoch's order: the same after a resume
-        random.Random(seed + step // per_epoch).shuffle(order)
-        start = (step % per_epoch) * batch_size
+        random.Random(seed + state.step // per_epoch).shuffle(order)
+        start = (state.step % per_epoch) * batch_size
         picked = order[start : start + batch_size]
-        if len(picked) < 2:
-            step += 1
-            continue
-        for layer in layers:
-            layer.train()
-        q = top.embed(*store.batch(boundary, [q_rows[i] for i in picked]))
-        d = top.embed(
-            *store.batch(boundary, [p_rows[i] for i in picked] + [n_rows[i] for i in picked])
-        )
-        t_docs = torch.cat([labels[picked, 1], labels[picked, 2]]).to(q.device)
-        loss = rank_distill_loss(q, d, labels[picked, 0].to(q.device), t_docs, temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        out_of_time = time.monotonic() > deadline
-        if step % eval_steps == 0 or out_of_time or step >= planned:
-            for layer in layers:
-                layer.eval()
-            current = val.score(top)
-            history.append((step, current))
-            logger.info("step %d: validation nDCG@10 %.4f (best %.4f)", step, current, best)
-            if current > best:
-                best, stale = current, 0
-                best_state = [
-                    {k: v.detach().clone() for k, v in la.state_dict().items()} for la in layers
-                ]
-            else:
-                stale += 1
-            _save(
-                ckpt,
-                {
-                    "layers": [la.state_dict() for la in layers],
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "before": before,
-                    "best": best,
-                    "best_state": best_state,
-                    "history": history,
-                },
+        if len(picked) >= 2:
+            loss = trainer.step(
+                [q_rows[i] for i in picked],
+                [p_rows[i] for i in picked] + [n_rows[i] for i in picked],
+                torch.cat([labels[picked, 0], labels[picked, 1], labels[picked, 2]]),
+                temperature,
             )
-            if out_of_time:
-                stopped = "time budget"
-                break
-            if stale >= patience:
-                stopped = "early stopping"
+            bar.set_postfix(loss=f"{loss:.4f}")
+        state.step += 1
+        bar.update(1)
+        out_of_time = time.monotonic() > deadline
+        if state.step % eval_steps == 0 or out_of_time or state.step >= planned:
+            stale = 0 if trainer.evaluate(state) else stale + 1
+            if out_of_time or stale >= patience:
+                stopped = "time budget" if out_of_time else "early stopping"
                 break
     bar.close()
-    for layer, state in zip(layers, best_state, strict=True):
-        layer.load_state_dict(state)
+    for layer, weights in zip(top.layers, state.best_state, strict=True):
+        layer.load_state_dict(weights)
         layer.eval()
-    (work / "top.json").write_text(json.dumps({"best": best}))
-    return TopResult(before, best, step, time.perf_counter() - t0, stopped, history, resumed)
+    (work / "top.json").write_text(json.dumps({"best": state.best}))
+    return TopResult(
+        state.before,
+        state.best,
+        state.step,
+        time.perf_counter() - t0,
+        stopped,
+        state.history,
+        state.resumed,
+    )

@@ -177,11 +177,50 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         from distill.static import distill_static
 
         return distill_static(config, progress=progress)
+    t_start = time.perf_counter()
+    prepared = _prepare(config, progress)
+    run = prepared.run
+    t_train = time.perf_counter()
+    train_stages(run, prepared.gate["before"], prepared.targets, prepared.heldout)
+    train_seconds = round(time.perf_counter() - t_train, 1)
+    _close_gate(prepared.gate, run, prepared.before_q)
+    report, teacher_spt = _report(prepared, train_seconds)
+    report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    run.student.to("cpu")
+    _publish(run.student, config.out, report)
+    shutil.rmtree(run.work, ignore_errors=True)
+    if config.compress:
+        _compress_published(config, report, run.held[:64], run.val, teacher_spt)
+        report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        atomic_write_json(config.out / REPORT, report)
+        atomic_write_text(config.out / "README.md", model_card(report))
+    return report
+
+
+@dataclass
+class _Prepared:
+    """Everything `distill` sets up before training: the run, the teacher, the gate's
+    opening record and the measures taken on the untrained student."""
+
+    run: Run
+    teacher: TorchEncoder
+    teacher_folder: Path
+    labelled: _Labelled
+    device: str
+    targets: np.ndarray
+    heldout: FidelityEvaluator
+    fid_before: dict[str, float]
+    gate: dict[str, Any]
+    before_q: dict[str, float]
+
+
+def _prepare(config: DistillConfig, progress: bool) -> _Prepared:
+    """Label the texts, build the untrained student, fit the target map, and open the
+    gate on the validation set."""
     spec = config.validate()
     device = resolve_device(config.device)
     # resolved first: a misspelt student fails now, not after labelling
     student_folder = resolve_model(spec.model) if spec.model is not None else None
-    t_start = time.perf_counter()
     teacher_folder = resolve_model(config.teacher)
     teacher = TorchEncoder(teacher_folder, name=config.teacher, device=device)
     cache = EmbeddingCache(embeddings_dir(), teacher.model_hash, teacher.dim)
@@ -211,7 +250,6 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         shipped_hash = model_hash(student_folder)
         student_cache = EmbeddingCache(embeddings_dir(), shipped_hash, int(s0.shape[1]))
     gate, before_q = _open_gate(teacher, cache, student, student_cache, val)
-    work = config.out.with_name(f".{config.out.name}.work")
     run = Run(
         config=config,
         spec=spec,
@@ -225,33 +263,48 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         window=window,
         tmap=tmap,
         val=val,
-        work=work,
+        work=config.out.with_name(f".{config.out.name}.work"),
         progress=progress,
     )
-    t_train = time.perf_counter()
-    train_stages(run, gate["before"], targets, heldout)
-    train_seconds = round(time.perf_counter() - t_train, 1)
-    _close_gate(gate, run, before_q)
+    return _Prepared(
+        run,
+        teacher,
+        teacher_folder,
+        labelled,
+        device,
+        targets,
+        heldout,
+        fid_before,
+        gate,
+        before_q,
+    )
+
+
+def _report(prepared: _Prepared, train_seconds: float) -> tuple[dict[str, Any], float]:
+    """The report of a trained run (compression is added after publishing), and the
+    teacher's seconds a text on the held-out texts its speed ratio was measured on."""
+    run, teacher, config = prepared.run, prepared.teacher, prepared.run.config
+    student, labelled = run.student, prepared.labelled
     last = run.stages[-1] if run.stages else {}
-    fid_after = heldout(student)
-    speed_texts = held[:64]
+    fid_before, fid_after = prepared.fid_before, prepared.heldout(student)
+    speed_texts = run.held[:64]
     teacher_spt = _seconds_per_text(lambda t: teacher.encode(t), speed_texts)
     emitted = TorchEncoder.from_model(student, "student")  # batched as the teacher is
     student_spt = _seconds_per_text(lambda t: emitted.encode(t), speed_texts)
-    report: dict[str, Any] = {
+    return {
         "out": str(config.out),
         "teacher": config.teacher,
         "teacher_hash": teacher.model_hash,
         "student": config.student,
         "data": str(config.data),
-        "device": device,
+        "device": prepared.device,
         "texts": {
             "by_source": labelled.texts.counts(),
-            "total": len(train) + len(held),
-            "heldout": len(held),
+            "total": len(run.train) + len(run.held),
+            "heldout": len(run.held),
             "teacher_labelled_now": labelled.stats.encoded,
         },
-        "target_map_explained": round(tmap.explained, 4),
+        "target_map_explained": round(run.tmap.explained, 4),
         "fidelity": {
             "before": {"cosine": fid_before["fidelity_cosine"], "mse": fid_before["fidelity_mse"]},
             "after": {"cosine": fid_after["fidelity_cosine"], "mse": fid_after["fidelity_mse"]},
@@ -261,25 +314,15 @@ def distill(config: DistillConfig, *, progress: bool = True) -> dict[str, Any]:
         "steps": int(last.get("steps", 0)),
         "train_examples": int(last.get("train_examples", 0)),
         "train_seconds": train_seconds,
-        "gate": gate,
+        "gate": prepared.gate,
         "params": {
             "teacher": count_parameters(teacher.model),
             "student": count_parameters(student),
         },
-        "size_mb": {"teacher": round(folder_size_mb(teacher_folder), 1)},
+        "size_mb": {"teacher": round(folder_size_mb(prepared.teacher_folder), 1)},
         "speed_ratio": round(teacher_spt / student_spt, 2),
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "config": _config_facts(config, window),
-    }
-    student.to("cpu")
-    _publish(student, config.out, report)
-    shutil.rmtree(work, ignore_errors=True)
-    if config.compress:
-        _compress_published(config, report, held[:64], val, teacher_spt)
-        report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-        atomic_write_json(config.out / REPORT, report)
-        atomic_write_text(config.out / "README.md", model_card(report))
-    return report
+        "config": _config_facts(config, run.window),
+    }, teacher_spt
 
 
 def _open_gate(
@@ -354,6 +397,8 @@ def _compress_published(
         report["served_speed_ratio"] = {
             "backend": backend,
             "ratio": round(docs_per_s * teacher_spt, 2),
+            "docs_per_s": round(docs_per_s, 2),
+            "teacher_docs_per_s": round(1 / teacher_spt, 3),
         }
 
 

@@ -129,6 +129,43 @@ def scatter(
         array[offsets[r] : offsets[r] + n] = values[i, :n]
 
 
+PROGRESS = "progress.json"
+
+
+def _open_arrays(
+    folder: Path, key: dict[str, Any], tokens: int, hidden: int
+) -> tuple[int, dict[int, np.memmap]]:
+    """The temporary memory maps of an unfinished store, one per boundary of `key`, and
+    how many batches of them are already written (0 unless `progress.json` records
+    batches of a fill with the same key)."""
+    done = 0
+    progress_path = folder / PROGRESS
+    if progress_path.is_file():
+        saved = json.loads(progress_path.read_text())
+        done = int(saved["batches"]) if saved.get("key") == key else 0
+    arrays = {
+        b: np.lib.format.open_memmap(
+            folder / f"h{b}.tmp.npy",
+            mode="r+" if done else "w+",
+            dtype=np.float16,
+            shape=(tokens, hidden),
+        )
+        for b in key["boundaries"]
+    }
+    return done, arrays
+
+
+def _finish(folder: Path, arrays: dict[int, np.memmap], meta: dict[str, Any]) -> None:
+    """Rename the filled maps to their final names, then write ``meta.json`` (the mark
+    of a finished store) and drop the progress record."""
+    for b, array in arrays.items():
+        array.flush()
+        del array
+        os.replace(folder / f"h{b}.tmp.npy", folder / f"h{b}.npy")
+    atomic_write_text(folder / "meta.json", json.dumps(meta))
+    (folder / PROGRESS).unlink(missing_ok=True)
+
+
 def fill_store(
     folder: Path,
     model: Any,
@@ -169,22 +206,7 @@ def fill_store(
     lengths = np.array([len(r) for r in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     backbone = model[0].auto_model
-    hidden = int(backbone.config.hidden_size)
-    progress_path = folder / "progress.json"
-    done = 0
-    if progress_path.is_file():
-        saved = json.loads(progress_path.read_text())
-        done = int(saved["batches"]) if saved.get("key") == key else 0
-    mode = "r+" if done else "w+"
-    arrays = {
-        b: np.lib.format.open_memmap(
-            folder / f"h{b}.tmp.npy",
-            mode=mode,
-            dtype=np.float16,
-            shape=(int(offsets[-1]), hidden),
-        )
-        for b in bounds
-    }
+    done, arrays = _open_arrays(folder, key, int(offsets[-1]), int(backbone.config.hidden_size))
     batches = token_batches(lengths.tolist(), 64, FILL_BATCH_TOKENS)
     pad_id = int(model.tokenizer.pad_token_id or 0)
     backbone.eval()
@@ -209,12 +231,7 @@ def fill_store(
             if (n + 1) % 16 == 0 or n + 1 == len(batches):
                 for array in arrays.values():
                     array.flush()
-                atomic_write_text(progress_path, json.dumps({"key": key, "batches": n + 1}))
+                atomic_write_text(folder / PROGRESS, json.dumps({"key": key, "batches": n + 1}))
     bar.close()
-    for b, array in arrays.items():
-        array.flush()
-        del array
-        os.replace(folder / f"h{b}.tmp.npy", folder / f"h{b}.npy")
-    atomic_write_text(meta_path, json.dumps({**key, "lengths": lengths.tolist()}))
-    progress_path.unlink(missing_ok=True)
+    _finish(folder, arrays, {**key, "lengths": lengths.tolist()})
     return StateStore.open(folder)

@@ -135,3 +135,55 @@ def test_the_gate_states_the_noise_of_a_gain() -> None:
     verdict = judge_gain(mixed, before)
     assert verdict["gain_ci95"][0] < 0 < verdict["gain_ci95"][1] and verdict["gain_p"] > 0.5
     assert judge_gain(before, before) == {"gain": 0.0, "gain_ci95": [0.0, 0.0], "gain_p": 1.0}
+
+
+def test_the_teacher_stage_resumes_from_its_checkpoint(
+    tiny3: Path, texts: list[str], tmp_path: Path
+) -> None:
+    from distill.frozen import Top, ValidationStates, train_top
+    from distill.mining import mine_rank_examples
+
+    model = SentenceTransformer(str(tiny3), device="cpu")
+    store = fill_store(tmp_path / "s", model, texts, [1], model_hash="u", progress=False)
+    vecs = model.encode(texts, normalize_embeddings=True)  # stands in for the teacher's
+    n_docs = 80
+    examples = mine_rank_examples(texts[n_docs:], vecs[n_docs:], texts[:n_docs], vecs[:n_docs])
+    rows = {t: i for i, t in enumerate(texts)}
+    q_rows = list(range(200, len(texts)))
+    best = (vecs[q_rows] @ vecs[:n_docs].T).argmax(1)
+    val = ValidationStates(
+        store,
+        1,
+        [f"d{i}" for i in range(n_docs)],
+        list(range(n_docs)),
+        [f"q{r}" for r in q_rows],
+        q_rows,
+        {f"q{r}": {f"d{b}": 1} for r, b in zip(q_rows, best, strict=True)},
+    )
+    kw = dict(batch_size=8, lr=1e-3, temperature=0.05, max_epochs=1.0, progress=False)
+    work = tmp_path / "w"
+    # no time left: one step, one evaluation and a checkpoint, as a killed run leaves
+    first = train_top(
+        Top(model, 1), store, 1, rows, examples, val, work, seconds=0, eval_steps=100, **kw
+    )
+    assert (first.steps, first.stopped_by) == (1, "time budget")
+    again = train_top(
+        Top(model, 1),
+        store,
+        1,
+        rows,
+        examples,
+        val,
+        work,
+        seconds=600,
+        eval_steps=5,
+        patience=100,
+        **kw,
+    )
+    planned = len(examples) // 8
+    assert (again.resumed_from, again.steps, again.stopped_by) == (1, planned, "epochs done")
+    assert again.history[:2] == first.history  # the start is not scored again
+    assert again.before == first.before
+    assert [s for s, _ in again.history[2:]] == [*range(5, planned + 1, 5)] + (
+        [planned] if planned % 5 else []
+    )
