@@ -59,6 +59,11 @@ def test_run_leaves_onnx_artifacts_behind_the_gate(
     # rate.)
     served = saved["served_speed_ratio"]
     assert served["backend"] == ("onnx-int8" if should_pass else "onnx")
+    # the ratio is the served artifact's recorded rate over the teacher's, both recorded
+    rate = comp["int8"]["int8_docs_per_s"] if should_pass else comp["onnx"]["onnx_docs_per_s"]
+    assert served["docs_per_s"] == pytest.approx(rate, abs=0.01)
+    expected = served["docs_per_s"] / served["teacher_docs_per_s"]
+    assert served["ratio"] == pytest.approx(expected, rel=0.01, abs=0.01)
     assert f"as served ({served['backend']})" in (out / "README.md").read_text()
 
 
