@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api.loaded_index import IndexHolder, load_index, loaded_index_for
+from api.loaded_index import IndexHolder, loaded_index_for
 from api.metrics import Metrics
 from api.microbatch import MicroBatcher, OverloadedError
 from api.middleware import BodyGuardMiddleware, MetricsMiddleware
@@ -173,18 +173,11 @@ def _new_service(settings: Settings, metrics: Metrics) -> Service:
 async def _load(service: Service, retriever: Retriever | None) -> None:
     """Load the index into `service`: `retriever` when given, else the settings' index
     folder (on a worker thread)."""
-    settings = service.settings
     if retriever is not None:
         loaded = loaded_index_for(retriever)
     else:
-        loaded = await run_in_threadpool(
-            load_index,
-            settings.index_dir,
-            model=settings.model,
-            backend=settings.backend,
-            threads=settings.threads_per_worker(),
-        )
-    _set_torch_threads(settings, loaded.retriever.encoder.backend)
+        loaded = await run_in_threadpool(service.load_configured)
+    _set_torch_threads(service.settings, loaded.retriever.encoder.backend)
     service.holder.swap(loaded)
     service.observe_index(loaded)
 

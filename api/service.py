@@ -257,15 +257,7 @@ class Service:
         current = self.holder.current
         s = self.settings
         try:
-            new = await run_in_threadpool(
-                load_index,
-                s.index_dir,
-                model=s.model,
-                backend=s.backend,
-                encoder=current.retriever.encoder if current is not None else None,
-                generation=current.generation + 1 if current is not None else 1,
-                threads=s.threads_per_worker(),
-            )
+            new = await run_in_threadpool(self.load_configured, current)
         except (DistilsearchError, OSError, RuntimeError) as exc:
             logger.error("reload of %s failed: %s", s.index_dir, exc)
             kept = f"; still serving generation {current.generation}" if current else ""
@@ -282,6 +274,19 @@ class Service:
             new.bm25 is not None,
         )
         return new
+
+    def load_configured(self, after: LoadedIndex | None = None) -> LoadedIndex:
+        """Load the settings' index folder (blocking). With `after`, the index served
+        now: its encoder is reused and the new one is its next generation."""
+        s = self.settings
+        return load_index(
+            s.index_dir,
+            model=s.model,
+            backend=s.backend,
+            encoder=after.retriever.encoder if after is not None else None,
+            generation=after.generation + 1 if after is not None else 1,
+            threads=s.threads_per_worker(),
+        )
 
     def observe_index(self, loaded: LoadedIndex) -> None:
         self.metrics.index_documents.set(loaded.retriever.folder.count)
