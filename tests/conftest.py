@@ -180,21 +180,25 @@ def scifact_slice(tmp_path_factory: pytest.TempPathFactory, scifact: Path) -> Pa
     return out
 
 
+SMALL_DOCS = [
+    ("d1", "Cats", "Cats are small domesticated felines that purr."),
+    ("d2", "Dogs", "Dogs are loyal animals kept as pets and for herding."),
+    ("d3", "Kittens", "A kitten is a young cat; kittens play a lot."),
+    ("d4", "Puppies", "A puppy is a young dog that needs training."),
+    ("d5", "Python", "Python is a programming language with dynamic typing."),
+    ("d6", "Rust", "Rust is a systems programming language with ownership."),
+    ("d7", "Compilers", "A compiler translates source code into machine code."),
+    ("d8", "", "Interpreters execute programs line by line."),
+]
+"""Eight short (id, title, text) documents on two topics, pets and programming (d8 has
+no title); test modules import it from here."""
+
+
 @pytest.fixture
 def small_jsonl(tmp_path: Path) -> Path:
     """Eight short documents as JSONL, two topics."""
-    docs = [
-        ("d1", "Cats", "Cats are small domesticated felines that purr."),
-        ("d2", "Dogs", "Dogs are loyal animals kept as pets and for herding."),
-        ("d3", "Kittens", "A kitten is a young cat; kittens play a lot."),
-        ("d4", "Puppies", "A puppy is a young dog that needs training."),
-        ("d5", "Python", "Python is a programming language with dynamic typing."),
-        ("d6", "Rust", "Rust is a systems programming language with ownership."),
-        ("d7", "Compilers", "A compiler translates source code into machine code."),
-        ("d8", "", "Interpreters execute programs line by line."),
-    ]
     path = tmp_path / "docs.jsonl"
     path.write_text(
-        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs)
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in SMALL_DOCS)
     )
     return path

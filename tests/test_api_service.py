@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SMALL_DOCS as DOCS
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -22,16 +23,6 @@ from api.app import create_app
 from api.settings import Settings
 
 KEY = "test-key-0123456789abcdef"
-DOCS = [
-    ("d1", "Cats", "Cats are small domesticated felines that purr."),
-    ("d2", "Dogs", "Dogs are loyal animals kept as pets and for herding."),
-    ("d3", "Kittens", "A kitten is a young cat; kittens play a lot."),
-    ("d4", "Puppies", "A puppy is a young dog that needs training."),
-    ("d5", "Python", "Python is a programming language with dynamic typing."),
-    ("d6", "Rust", "Rust is a systems programming language with ownership."),
-    ("d7", "Compilers", "A compiler translates source code into machine code."),
-    ("d8", "", "Interpreters execute programs line by line."),
-]
 
 
 @pytest.fixture(scope="module")

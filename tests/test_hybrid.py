@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_DOCS
 from typer.testing import CliRunner
 
 from api.cli import app as cli
@@ -116,14 +117,7 @@ def test_evaluate_hybrid_ends_match_each_side(tiny_model: Path, scifact_slice: P
 
 
 PARITY_DOCS = [
-    ("d1", "Cats", "Cats are small domesticated felines that purr."),
-    ("d2", "Dogs", "Dogs are loyal animals kept as pets and for herding."),
-    ("d3", "Kittens", "A kitten is a young cat; kittens play a lot."),
-    ("d4", "Puppies", "A puppy is a young dog that needs training."),
-    ("d5", "Python", "Python is a programming language with dynamic typing."),
-    ("d6", "Rust", "Rust is a systems programming language with ownership."),
-    ("d7", "Compilers", "A compiler translates source code into machine code."),
-    ("d8", "", "Interpreters execute programs line by line."),
+    *SMALL_DOCS,
     ("d9", "Ferrets", "Ferrets are playful pets; a ferret sleeps a lot."),
     ("d10", "Herding", "Sheep dogs help with herding on farms."),
 ]
