@@ -160,7 +160,6 @@ def _finish(folder: Path, arrays: dict[int, np.memmap], meta: dict[str, Any]) ->
     of a finished store) and drop the progress record."""
     for b, array in arrays.items():
         array.flush()
-        del array
         os.replace(folder / f"h{b}.tmp.npy", folder / f"h{b}.npy")
     atomic_write_text(folder / "meta.json", json.dumps(meta))
     (folder / PROGRESS).unlink(missing_ok=True)
