@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distill.layerwise import run_layers
+from distill.layerwise import run_layers, warmup_cosine
 from distill.losses import rank_distill_loss
 from distill.mining import RankExamples
 from distill.states import StateStore
@@ -145,19 +144,6 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 def _snapshot(layers: Sequence[torch.nn.Module]) -> list[dict[str, torch.Tensor]]:
     return [{k: v.detach().clone() for k, v in la.state_dict().items()} for la in layers]
-
-
-def warmup_cosine(planned: int) -> Any:
-    """Learning-rate factor of step `step`: linear warm-up over the first 5 % of
-    `planned` steps, then a cosine decay to 0 at `planned`."""
-    warmup = max(1, planned // 20)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
-
-    return factor
 
 
 @dataclass

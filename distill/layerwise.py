@@ -25,7 +25,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,19 @@ class BlockResult:
         }
 
 
+def warmup_cosine(planned: int) -> Callable[[int], float]:
+    """The learning-rate factor of each step, for ``LambdaLR``: a linear warm-up over the
+    first 5 % of `planned` steps, then a cosine decay to 0 at `planned`."""
+    warmup = max(1, planned // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
+
+    return factor
+
+
 def held_loss(
     layer: torch.nn.Module,
     backbone: Any,
@@ -238,16 +251,9 @@ def train_block(
     rng = random.Random(seed)
     per_epoch = len(_batches(store.lengths, train_rows, random.Random(seed)))
     planned = max(1, math.ceil(per_epoch * epochs))
-    warmup = max(1, planned // 20)
     params = [p for p in layer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(planned))
     before = held_loss(layer, backbone, inputs, targets, store, held_rows)
     best, best_state = before, {k: v.detach().clone() for k, v in layer.state_dict().items()}
     deadline = time.monotonic() + seconds
