@@ -54,9 +54,6 @@ def test_run_leaves_onnx_artifacts_behind_the_gate(
     assert saved["compression"]["int8"]["reason"] == int8["reason"]
     assert "ONNX fp32" in (out / "README.md").read_text()
     # The ratio is of the artifact auto serves: int8 exactly when the gate let it through.
-    # (Its value is two timings from different stages of the run, which CPU contention
-    # skews more than a formula error would; the report does not record the teacher's
-    # rate.)
     served = saved["served_speed_ratio"]
     assert served["backend"] == ("onnx-int8" if should_pass else "onnx")
     # the ratio is the served artifact's recorded rate over the teacher's, both recorded
