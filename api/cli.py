@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from api.options import with_options
 from distill.config import DistillConfig
 from indexer.options import BuildOptions
 from search.corpus import Fields, ReadReport, Record
@@ -28,6 +30,7 @@ from search.types import DistilsearchError
 if TYPE_CHECKING:
     from api.demo import DemoResult
     from indexer.executor import Executor
+    from search.embed_cache import EmbeddingCache
     from search.encoder import Encoder
 
 app = typer.Typer(
@@ -43,15 +46,6 @@ DeviceOpt = Annotated[
     str | None,
     typer.Option(help="Torch device of a torch model: cuda, cpu (default: cuda when present)."),
 ]
-
-
-def _default(cls: type[Any], name: str) -> Any:
-    """The default of field `name` of dataclass `cls`: an option's default has one home,
-    the settings class, and ``--help`` shows it."""
-    for field in dataclasses.fields(cls):
-        if field.name == name and field.default is not dataclasses.MISSING:
-            return field.default
-    raise TypeError(f"{cls.__name__} has no field {name!r} with a plain default")
 
 
 def fail(message: str) -> NoReturn:
@@ -79,164 +73,91 @@ def _data_path(data: str) -> Path:
     return path
 
 
+DISTILL_OPTIONS = (
+    "data",
+    "out",
+    "student",
+    "teacher",
+    "max_minutes",
+    "max_texts",
+    "extra_texts",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "loss",
+    "temperature",
+    "max_seq_length",
+    "compress",
+    "int8_min_cosine",
+    "layerwise_epochs",
+    "layerwise_lr",
+    "layerwise_share",
+    "top_layers",
+    "device",
+)
+"""The `DistillConfig` fields the ``distill`` command sets."""
+
+
 @app.command()
-def distill(
-    data: Annotated[str, typer.Option(help="BEIR folder or JSONL file of the corpus to adapt to.")],
-    out: Annotated[Path, typer.Option(help="Folder to write the student into.")],
-    student: Annotated[
-        str,
-        typer.Option(
-            help=(
-                "all-MiniLM-L6-v2, a model folder, MODEL:layers=0,1,3,5 (some of its "
-                "layers; trained layer by layer against the uncut model, then against the "
-                "teacher) or mpnet:layers=0,4,8,11 (of the teacher)"
-            )
-        ),
-    ] = _default(DistillConfig, "student"),
-    teacher: Annotated[str, typer.Option(help="Teacher model name or folder.")] = _default(
-        DistillConfig, "teacher"
-    ),
-    max_minutes: Annotated[
-        float, typer.Option(help="Stop training after this many minutes.")
-    ] = _default(DistillConfig, "max_minutes"),
-    max_texts: Annotated[
-        int, typer.Option(help="Cap on training texts (teacher labelling is slow).")
-    ] = _default(DistillConfig, "max_texts"),
-    texts: Annotated[
-        list[Path] | None, typer.Option(help="Extra text files, one text a line.")
-    ] = None,
-    epochs: Annotated[float, typer.Option(help="Training epochs.")] = _default(
-        DistillConfig, "epochs"
-    ),
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = _default(
-        DistillConfig, "batch_size"
-    ),
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = _default(DistillConfig, "lr"),
-    seed: Annotated[int, typer.Option(help="Random seed.")] = _default(DistillConfig, "seed"),
-    loss: Annotated[
-        str,
-        typer.Option(
-            help="rank (teacher's rankings, KL), mse (embedding matching) or mse+structure."
-        ),
-    ] = _default(DistillConfig, "loss"),
-    temperature: Annotated[
-        float, typer.Option(help="Softmax temperature of the rank loss.")
-    ] = _default(DistillConfig, "temperature"),
-    max_seq_length: Annotated[
-        int | None, typer.Option(help="Student's token window (default: the teacher's).")
-    ] = _default(DistillConfig, "max_seq_length"),
-    compress: Annotated[
-        bool, typer.Option(help="Export ONNX and int8 (behind the quality gate) afterwards.")
-    ] = _default(DistillConfig, "compress"),
-    int8_min_cosine: Annotated[
-        float,
-        typer.Option(
-            help="Least int8-to-fp32 cosine; MatMuls with outlying inputs stay fp32 "
-            "until it is reached (lower: faster int8 where some must; the retrieval "
-            "gate still applies)."
-        ),
-    ] = _default(DistillConfig, "int8_min_cosine"),
-    layerwise_epochs: Annotated[
-        float, typer.Option(help="Passes over the texts for each replaced block of a cut.")
-    ] = _default(DistillConfig, "layerwise_epochs"),
-    layerwise_lr: Annotated[
-        float, typer.Option(help="Learning rate of layer-local training.")
-    ] = _default(DistillConfig, "layerwise_lr"),
-    layerwise_share: Annotated[
-        float, typer.Option(help="Share of --max-minutes for layer-local training (cuts).")
-    ] = _default(DistillConfig, "layerwise_share"),
-    top_layers: Annotated[
-        int, typer.Option(help="Top layers an uncut student trains against the teacher.")
-    ] = _default(DistillConfig, "top_layers"),
-    device: Annotated[
-        str | None, typer.Option(help="Torch device: cuda, cpu (default: cuda when present).")
-    ] = _default(DistillConfig, "device"),
-    verbose: Verbose = False,
-) -> None:
+@with_options(DistillConfig, DISTILL_OPTIONS, into="settings", flags={"extra_texts": "--texts"})
+def distill(settings: dict[str, Any], verbose: Verbose = False) -> None:
     """Distill the teacher into a smaller student: a cut is trained layer by layer against
     its uncut model, then its top layers against the teacher's rankings."""
     _setup(verbose)
     from distill.run import distill as run_distill
 
     try:
-        config = DistillConfig(
-            teacher=teacher,
-            student=student,
-            data=_data_path(data),
-            out=out,
-            max_minutes=max_minutes,
-            max_texts=max_texts,
-            extra_texts=list(texts or []),
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            loss=loss,
-            temperature=temperature,
-            max_seq_length=max_seq_length,
-            compress=compress,
-            int8_min_cosine=int8_min_cosine,
-            layerwise_epochs=layerwise_epochs,
-            layerwise_lr=layerwise_lr,
-            layerwise_share=layerwise_share,
-            top_layers=top_layers,
-            device=device,
-        )
-        report = run_distill(config)
+        report = run_distill(DistillConfig(**settings))
     except (DistilsearchError, ValueError) as exc:
         fail(str(exc))
-    summary = {k: report[k] for k in ("out", "gate", "stages", "train_seconds", "wall_seconds")}
-    typer.echo(json.dumps(summary))
+    keys = {"out", "gate", "stages", "train_seconds", "wall_seconds"}
+    typer.echo(report.model_dump_json(by_alias=True, include=keys))
+
+
+INDEX_OPTIONS = (
+    "factory",
+    "on_error",
+    "batch_size",
+    "shard_size",
+    "target_recall",
+    "work_dir",
+    "ondisk",
+    "bm25",
+)
+"""The `BuildOptions` fields the ``index`` command sets."""
 
 
 @app.command()
+@with_options(BuildOptions, INDEX_OPTIONS, into="build", flags={"ondisk": "--on-disk"})
+@with_options(
+    Fields,
+    ("id", "title", "text"),
+    into="fields",
+    flags={"id": "--id-field", "title": "--title-field", "text": "--text-field"},
+)
 def index(
     model: Annotated[str, typer.Option(help="Model name or folder to encode with.")],
     data: Annotated[
         str, typer.Option(help="BEIR folder, JSONL(.gz) or Parquet file, or folder of Parquet.")
     ],
     out: Annotated[Path, typer.Option(help="Index folder to write (replaced atomically).")],
-    factory: Annotated[
-        str, typer.Option(help="FAISS factory string, or auto (by corpus size and memory).")
-    ] = _default(BuildOptions, "factory"),
+    build: dict[str, Any],
+    fields: dict[str, Any],
     max_memory: Annotated[
         str | None, typer.Option(help="RAM budget of the auto index, e.g. 4GB (default: half).")
     ] = None,
     update: Annotated[
         bool, typer.Option("--update", help="Upsert the documents into the existing --out.")
     ] = False,
-    on_error: Annotated[
-        str, typer.Option(help="fail: stop at a bad record; skip: count, report and go on.")
-    ] = _default(BuildOptions, "on_error"),
-    id_field: Annotated[
-        str | None, typer.Option(help="Id field (default _id, else id).")
-    ] = _default(Fields, "id"),
-    title_field: Annotated[str, typer.Option(help="Title field.")] = _default(Fields, "title"),
-    text_field: Annotated[str, typer.Option(help="Text field.")] = _default(Fields, "text"),
-    batch_size: EncodeBatch = _default(BuildOptions, "batch_size"),
-    shard_size: Annotated[int, typer.Option(help="Documents per checkpoint shard.")] = _default(
-        BuildOptions, "shard_size"
-    ),
-    target_recall: Annotated[
-        float, typer.Option(help="recall@10 the tuned search parameters must reach.")
-    ] = _default(BuildOptions, "target_recall"),
     backend: BackendOpt = "auto",
     engine: Annotated[str, typer.Option(help="local, or dask (with --scheduler).")] = "local",
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.")
     ] = None,
-    work_dir: Annotated[
-        Path | None, typer.Option(help="Checkpoint folder (shared with Dask workers).")
-    ] = _default(BuildOptions, "work_dir"),
     cache: Annotated[
         bool, typer.Option(help="Also reuse/fill the embedding cache (holds it all in RAM).")
     ] = False,
-    on_disk: Annotated[
-        bool, typer.Option("--on-disk", help="IVF lists in a memory-mapped file (less RAM).")
-    ] = _default(BuildOptions, "ondisk"),
-    bm25: Annotated[bool, typer.Option(help="Also write the BM25 index.")] = _default(
-        BuildOptions, "bm25"
-    ),
     device: DeviceOpt = None,
     verbose: Verbose = False,
 ) -> None:
@@ -250,29 +171,21 @@ def index(
     path = _data_path(data)
     if engine not in ("local", "dask") or (engine == "dask") != (scheduler is not None):
         fail("--engine dask needs --scheduler ADDRESS, and --scheduler needs --engine dask")
-    report = ReadReport()
-    fields = Fields(id=id_field, title=title_field, text=text_field)
+    report, on_error, read_as = ReadReport(), build["on_error"], Fields(**fields)
     try:
         budget = parse_memory(max_memory) if max_memory else None
-        records = iter_records(path, fields=fields, on_error=on_error, report=report)  # type: ignore[arg-type]
+        records = iter_records(path, fields=read_as, on_error=on_error, report=report)
         encoder = load_encoder(model, backend=backend, device=device)  # type: ignore[arg-type]
         if update:
             _upsert(out, records, encoder, report)
             return
-        key = [fingerprint(path), fields.id, fields.title, fields.text, on_error]
+        key = [fingerprint(path), read_as.id, read_as.title, read_as.text, on_error]
         options = BuildOptions(
-            factory=factory,
-            batch_size=batch_size,
-            shard_size=shard_size,
+            **build,
             model_path=str(resolve_model(model)),
             total=count_documents(path),
             max_memory=budget,
-            on_error=on_error,
             resume_key=json.dumps(key),
-            work_dir=work_dir,
-            target_recall=target_recall,
-            ondisk=on_disk,
-            bm25=bm25,
         )
         _build(encoder, records, out, options, scheduler=scheduler, cache=cache, report=report)
     except (DistilsearchError, ValueError, OSError) as exc:
@@ -405,10 +318,8 @@ def eval_(
     """Evaluate dense, bm25 or hybrid search on a BEIR dataset: nDCG@10, Recall@100, MAP, MRR."""
     _setup(verbose)
     from search.assets import embeddings_dir
-    from search.corpus import load_beir
     from search.embed_cache import cache_for
     from search.encoder import load_encoder
-    from search.evaluate import evaluate, evaluate_hybrid
 
     if model is not None and model.lower() == "bm25":
         mode = "bm25"
@@ -423,46 +334,61 @@ def eval_(
         encoder = (
             None if mode == "bm25" else load_encoder(model or "", backend=backend, device=device)  # type: ignore[arg-type]
         )
-        corpus, queries, qrels = load_beir(path, split)
-        if encoder is None:
-            report = evaluate(None, corpus, queries, qrels, progress=progress)
-            label = "bm25"
-        else:
-            emb = cache_for(encoder, embeddings_dir()) if cache else None
-            if mode == "dense":
-                report = evaluate(
-                    encoder,
-                    corpus,
-                    queries,
-                    qrels,
-                    cache=emb,
-                    batch_size=batch_size,
-                    progress=progress,
-                )
-                label = str(model)
-            else:
-                report = evaluate_hybrid(
-                    encoder,
-                    corpus,
-                    queries,
-                    qrels,
-                    cache=emb,
-                    batch_size=batch_size,
-                    progress=progress,
-                    method=fusion,
-                    weight=weight,
-                    rrf_c=rrf_c,
-                )
-                label = f"hybrid({model}+bm25)"
+        emb = cache_for(encoder, embeddings_dir()) if cache and encoder is not None else None
+        hybrid = HybridSettings(fusion, weight, rrf_c) if mode == "hybrid" else None
+        report = _evaluate(path, split, encoder, emb, hybrid, batch_size, progress)
     except (DistilsearchError, ValueError) as exc:
         fail(str(exc))
     report.pop("per_query_ndcg@10")
+    label = {"bm25": "bm25", "dense": str(model)}.get(mode, f"hybrid({model}+bm25)")
     report["model"], report["mode"] = label, mode
     report["dataset"], report["split"] = path.name, split
     if as_json:
         typer.echo(json.dumps(report))
     else:
         _print_table([report])
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridSettings:
+    """How ``eval --mode hybrid`` fuses dense and BM25 results (`search.hybrid`)."""
+
+    method: str
+    weight: float
+    rrf_c: int
+
+
+def _evaluate(
+    path: Path,
+    split: str,
+    encoder: Encoder | None,
+    cache: EmbeddingCache | None,
+    hybrid: HybridSettings | None,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """``eval``'s report on `split` of the BEIR folder `path`: `encoder` dense, fused
+    with BM25 when `hybrid` is given, or BM25 alone without an encoder."""
+    from search.corpus import load_beir
+    from search.evaluate import evaluate, evaluate_hybrid
+
+    corpus, queries, qrels = load_beir(path, split)
+    if hybrid is None or encoder is None:
+        return evaluate(
+            encoder, corpus, queries, qrels, cache=cache, batch_size=batch_size, progress=progress
+        )
+    return evaluate_hybrid(
+        encoder,
+        corpus,
+        queries,
+        qrels,
+        cache=cache,
+        batch_size=batch_size,
+        progress=progress,
+        method=hybrid.method,
+        weight=hybrid.weight,
+        rrf_c=hybrid.rrf_c,
+    )
 
 
 def _print_table(reports: list[dict[str, Any]]) -> None:
@@ -574,7 +500,9 @@ def _stops_exit_cleanly() -> Iterator[None]:
 
 
 @app.command()
+@with_options(DistillConfig, ("teacher", "max_minutes"), into="distilling")
 def demo(
+    distilling: dict[str, Any],
     data: Annotated[str | None, typer.Option(help="BEIR SciFact folder.")] = None,
     out: Annotated[Path, typer.Option(help="Where the index (and student) go.")] = Path(
         "runs/demo"
@@ -593,12 +521,6 @@ def demo(
             help="Quick demo: the small model that indexes and serves (default all-MiniLM-L6-v2)."
         ),
     ] = None,
-    teacher: Annotated[str, typer.Option(help="Teacher model name or folder.")] = _default(
-        DistillConfig, "teacher"
-    ),
-    max_minutes: Annotated[
-        float, typer.Option(help="--full: training budget in minutes.")
-    ] = _default(DistillConfig, "max_minutes"),
     serve_after: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Serve at the end.")
     ] = True,
@@ -611,10 +533,7 @@ def demo(
 
     The total wall time counts from DISTILSEARCH_DEMO_T0 (Unix time; set by make demo).
     """
-    import time
-
-    started = float(os.environ.get("DISTILSEARCH_DEMO_T0") or time.time())
-    since = "`make demo` started" if "DISTILSEARCH_DEMO_T0" in os.environ else "the demo started"
+    started, since = _demo_clock()
     _setup(verbose)
     from api.demo import format_duration, run_demo
     from search.assets import MINILM_NAME
@@ -629,8 +548,8 @@ def demo(
             out,
             full=full,
             model=model or MINILM_NAME,
-            teacher=teacher,
-            max_minutes=max_minutes,
+            teacher=distilling["teacher"],
+            max_minutes=distilling["max_minutes"],
             say=lambda line: typer.echo(line),
         )
     except (DistilsearchError, ValueError) as exc:
@@ -643,13 +562,21 @@ def demo(
     _serve_demo(result, port, step, since, started, verbose)
 
 
+def _demo_clock() -> tuple[float, str]:
+    """When the demo's wall time counts from (Unix time), and what happened then:
+    ``DISTILSEARCH_DEMO_T0`` when make demo set it, else now."""
+
+    if "DISTILSEARCH_DEMO_T0" in os.environ:
+        return float(os.environ["DISTILSEARCH_DEMO_T0"]), "`make demo` started"
+    return time.time(), "the demo started"
+
+
 def _serve_demo(
     result: DemoResult, port: int, step: str, since: str, started: float, verbose: bool
 ) -> None:
     """Serve the demo's index on `port`; once a test search answers, print the total wall
     time from `started` (Unix time)."""
     import threading
-    import time
 
     from api.demo import format_duration, wait_until_answering
 

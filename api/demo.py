@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 
 from distill.config import DistillConfig
-from distill.run import REPORT, distill, folder_size_mb
+from distill.report import REPORT, folder_size_mb
+from distill.run import distill
 from indexer.build import build_index
 from search.assets import MINILM_NAME, embeddings_dir, model_hash, resolve_model
 from search.atomic import atomic_write_text

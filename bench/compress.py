@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from distill.dims import reduce_dims
-from distill.export import export_onnx, files_mb, onnx_files
-from distill.quantize import QualityGate, quantize_int8, retrieval_metric
+from distill.compress.dims import reduce_dims
+from distill.compress.export import export_onnx, files_mb, onnx_files
+from distill.compress.quantize import QualityGate, quantize_int8, retrieval_metric
 from search.assets import cache_dir, resolve_model
 from search.corpus import load_beir
 from search.encoder import Encoder, TorchEncoder

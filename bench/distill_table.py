@@ -12,7 +12,7 @@ nDCG@10 against the first model (the teacher): mean difference, 95 % bootstrap
 interval, permutation p-value. Writes table.md, results.json and pareto.png.
 
 With ``--dims N`` the last model (or ``--dims-of LABEL``) also gets a row with its
-output reduced to N dimensions by PCA (`distill.dims.reduce_dims`), fitted on corpus
+output reduced to N dimensions by PCA (`distill.compress.dims.reduce_dims`), fitted on corpus
 documents and *train* queries, never test queries; when that row's backend is ONNX the
 reduced copy is exported (and, for ``onnx-int8``, quantized behind the cosine gate)
 so it is compared artifact for artifact. ``--int8-of LABEL`` adds an ONNX int8 copy
@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distill.report import REPORT, StaticReport, read_report
 from search.assets import cache_dir, embeddings_dir, resolve_model
 from search.bm25_index import BM25Index
 from search.corpus import load_beir
@@ -101,11 +102,11 @@ def hybrid_weight(spec: str, given: str) -> float:
     report chose on validation (train) queries, else `DEFAULT_WEIGHT`."""
     if given:
         return float(given)
-    report = resolve_model(spec) / "distill_report.json"
-    if report.is_file():
-        chosen = json.loads(report.read_text()).get("hybrid", {}).get("weight")
-        if chosen is not None:
-            return float(chosen)
+    folder = resolve_model(spec)
+    if (folder / REPORT).is_file():
+        report = read_report(folder)
+        if isinstance(report, StaticReport):
+            return report.hybrid.weight
     return DEFAULT_WEIGHT
 
 
@@ -134,7 +135,7 @@ def _sample_texts(data: Path) -> list[str]:
 def reduced_variant(label: str, spec: str, backend: str, dim: int, data: Path, out: Path) -> str:
     """Write a PCA-reduced copy of `spec` under `out` (a cache folder, not the report's);
     return its ``LABEL=PATH@backend``."""
-    from distill.dims import reduce_dims
+    from distill.compress.dims import reduce_dims
 
     texts = _sample_texts(data)
     folder = out / f"{label}-d{dim}"
@@ -157,8 +158,8 @@ def int8_variant(label: str, spec: str, data: Path, out: Path) -> str:
 def _compressed(name: str, folder: Path, backend: str, texts: list[str]) -> str:
     """Export `folder` to ONNX (and int8 behind the cosine gate) as `backend` asks;
     returns ``NAME=PATH@backend``, fp32 ONNX when int8 was refused."""
-    from distill.export import export_onnx
-    from distill.quantize import QualityGate, quantize_int8
+    from distill.compress.export import export_onnx
+    from distill.compress.quantize import QualityGate, quantize_int8
 
     if backend in ("onnx", "onnx-int8"):
         export_onnx(folder, texts[:64])

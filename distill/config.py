@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.quantize import QualityGate
+from distill.compress.quantize import QualityGate
 from distill.static_options import STATIC_PREFIX, StaticOptions
 from search.assets import TEACHER_NAME
 
@@ -70,39 +70,53 @@ class StudentSpec:
 
 @dataclass
 class DistillConfig:
-    """Everything a distill run needs.
+    """Everything a distill run needs; the ``distill`` command's options, each
+    description its ``--help``.
 
     Attributes:
+        data: BEIR folder or JSONL file of the corpus the student should adapt to.
+        out: Folder to write the student into (replaced whole when done).
         teacher: Teacher model name or folder.
-        student: Student spec (see `StudentSpec`).
-        data: BEIR folder or JSONL corpus the student should adapt to.
-        out: Output folder of the student.
-        max_minutes: Wall-clock budget of training (labelling is not counted).
-        max_texts: Cap on training texts.
-        extra_texts: User text files, one text a line.
+        student: all-MiniLM-L6-v2, a model folder, MODEL:layers=0,1,3,5 (some of its
+            layers; trained layer by layer against the uncut model, then against the
+            teacher), mpnet:layers=0,4,8,11 (of the teacher) or static[:KEY=VALUE,...]
+            (see `StudentSpec`).
+        max_minutes: Wall-clock budget of training in minutes (labelling is not
+            counted).
+        max_texts: Cap on training texts (teacher labelling is slow).
+        extra_texts: Extra text files, one text a line.
         generic_texts: Generic queries file (None: none).
+        epochs: Passes over the training examples of end-to-end training.
+        batch_size: Training batch size (queries a step of the teacher stage).
+        lr: Peak learning rate of the teacher stage and of end-to-end training.
+        seed: Random seed.
         holdout: Fraction of texts held out to measure fidelity.
-        max_seq_length: Student's token window; default the teacher's (see
-            `distill.student.match_window`).
-        compress: After training, export ONNX and try int8 (behind the quality gate).
+        eval_steps: Steps between validation passes.
+        max_seq_length: Student's token window (default: the teacher's; see
+            `distill.transformer.student.match_window`).
+        loss: rank (teacher's rankings of mined query-document examples, KL; needs no
+            shared space), mse (embedding matching against PCA-reduced teacher
+            targets) or mse+structure (plus the in-batch similarity-matrix term of
+            `distill.transformer.losses`).
+        temperature: Softmax temperature of the rank loss.
         val_queries: Queries used to gate the student on retrieval quality.
-        val_docs: Documents those queries are searched over (judged ones included).
-        loss: ``rank`` (the teacher's in-batch rankings of mined query-document
-            examples, KL divergence; needs no shared space), ``mse`` (embedding matching
-            against PCA-reduced teacher targets) or ``mse+structure`` (plus the in-batch
-            similarity-matrix term of `distill.losses`).
-        temperature: Softmax temperature of the ``rank`` loss.
-        layerwise_epochs: Passes over the training texts for each replaced block of a
-            cut student (`distill.layerwise`), within `layerwise_share` of the budget.
-        layerwise_lr: Peak learning rate of layer-local training.
-        layerwise_share: Share of `max_minutes` the layer-local stage may take (the
-            filling pass of the uncut model's states included); the teacher stage
-            gets the rest.
-        top_layers: Layers the teacher stage trains on an uncut student (the rest are
-            frozen and their output cached); a cut student trains its replaced
+        compress: Export ONNX and int8 (behind the quality gate) afterwards.
+        int8_min_cosine: Least int8-to-fp32 cosine; MatMuls with outlying inputs stay
+            fp32 until it is reached (lower: faster int8 where some must; the
+            retrieval gate still applies).
+        val_docs: Documents the validation queries are searched over (judged ones
+            included).
+        layerwise_epochs: Passes over the texts for each replaced block of a cut
+            (`distill.transformer.layerwise`), within its share of the budget.
+        layerwise_lr: Learning rate of layer-local training.
+        layerwise_share: Share of --max-minutes for layer-local training of a cut (the
+            filling pass of the uncut model's states included); the teacher stage gets
+            the rest.
+        top_layers: Top layers an uncut student trains against the teacher (the rest
+            are frozen and their output cached); a cut student trains its replaced
             layers and those above them.
-        device: Torch device of teacher, student and training (``cuda``, ``cpu``);
-            None: a CUDA device when one is present, else the CPU.
+        device: Torch device of teacher, student and training (cuda, cpu; default:
+            cuda when present).
     """
 
     data: Path
@@ -136,8 +150,13 @@ class DistillConfig:
         """Check values; return the parsed student spec.
 
         Raises:
-            ValueError: a value is out of range; the message says which and what is allowed.
+            ValueError: a value is out of range or a path is missing; the message says
+                which and what is allowed.
         """
+        if not self.data.exists():
+            raise ValueError(
+                f"--data {self.data}: no such file or folder; pass a BEIR folder or a JSONL file"
+            )
         if self.max_minutes <= 0:
             raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
         if self.max_texts < 20:

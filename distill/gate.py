@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from search.corpus import iter_documents, load_beir
 from search.embed_cache import EmbeddingCache
@@ -20,6 +20,10 @@ from search.encoder import Encoder
 from search.evaluate import corpus_texts, evaluate, exact_search
 from search.significance import paired_test
 from search.types import Corpus, Qrels, Queries
+
+if TYPE_CHECKING:
+    from distill.config import DistillConfig
+    from distill.texts import Labelled
 
 
 @dataclass
@@ -54,6 +58,25 @@ def sample_corpus(data: Path, must: set[str], size: int, seed: int) -> Corpus:
     return {i: docs[i] for i in sorted(must & set(docs)) + fill}
 
 
+def validation_set(
+    config: DistillConfig, labelled: Labelled, teacher: Encoder, cache: EmbeddingCache
+) -> ValidationSet:
+    """The run's validation set: the reserved train queries with their qrels when the
+    dataset has them, else held-out query-like texts judged by the teacher's top 10."""
+    if labelled.val_queries:
+        judged = {d for rels in labelled.val_qrels.values() for d in rels}
+        corpus = sample_corpus(config.data, judged, config.val_docs, config.seed)
+        return ValidationSet(corpus, labelled.val_queries, labelled.val_qrels, "train qrels")
+    query_texts = labelled.texts.all_queries()
+    picked = [t for t in labelled.held if t in query_texts][: config.val_queries]
+    if len(picked) < 5:  # no query-like texts held out: use held-out texts of any kind
+        picked = labelled.held[: config.val_queries]
+    queries = {f"v{i}": t for i, t in enumerate(picked)}
+    corpus = sample_corpus(config.data, set(), config.val_docs, config.seed)
+    qrels = teacher_qrels(teacher, cache, queries, corpus)
+    return ValidationSet(corpus, queries, qrels, "teacher top-10")
+
+
 def teacher_qrels(
     teacher: Encoder, cache: EmbeddingCache | None, queries: Queries, corpus: Corpus, k: int = 10
 ) -> Qrels:
@@ -84,7 +107,17 @@ def score_queries(
     return {q: float(v) for q, v in report["per_query_ndcg@10"].items()}
 
 
-def judge_gain(after: dict[str, float], before: dict[str, float]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Gain:
+    """How sure a change is: mean per-query difference, its 95 % bootstrap interval
+    and the paired permutation p-value."""
+
+    gain: float
+    ci95: tuple[float, float]
+    p: float
+
+
+def judge_gain(after: dict[str, float], before: dict[str, float]) -> Gain:
     """How sure the gate can be of a change: mean per-query nDCG@10 difference with its
     95 % bootstrap interval and paired permutation p-value (`search.significance`).
 
@@ -92,8 +125,8 @@ def judge_gain(after: dict[str, float], before: dict[str, float]) -> dict[str, A
     within its noise; the report says so instead of reading the sign alone.
     """
     test = paired_test(after, before)
-    return {
-        "gain": round(test.mean_diff, 4),
-        "gain_ci95": [round(test.ci_low, 4), round(test.ci_high, 4)],
-        "gain_p": round(test.p_value, 4),
-    }
+    return Gain(
+        round(test.mean_diff, 4),
+        (round(test.ci_low, 4), round(test.ci_high, 4)),
+        round(test.p_value, 4),
+    )

@@ -1,16 +1,28 @@
 """Training texts for distillation: the user's corpus, its sentences, train queries,
-generic queries and user files, mixed by fixed shares. Test queries are never read."""
+generic queries and user files, mixed by fixed shares, and their teacher labels.
+Test queries are never read."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from search.corpus import iter_documents, load_queries
-from search.types import document_text
+from search.embed_cache import EmbeddingCache, EncodeStats
+from search.encoder import Encoder
+from search.types import Qrels, Queries, document_text
+
+if TYPE_CHECKING:
+    from distill.config import DistillConfig
+
+logger = logging.getLogger(__name__)
 
 # Shares of the text budget, in order of priority; unused share flows to generic text.
 SHARES = {"documents": 0.6, "sentences": 0.15, "train_queries": 0.1, "user": 0.15}
@@ -90,3 +102,59 @@ def collect_texts(
     left = max_texts - sum(len(v) for v in out.values())
     out["generic"] = _take(_read_lines(generic), left, rng, seen) if generic and left > 0 else []
     return TrainingTexts(out)
+
+
+@dataclass
+class Labelled:
+    """Training texts split into train and held-out, with the teacher's labels.
+
+    Attributes:
+        texts: The collected texts by source.
+        train, held: The training and held-out texts (a seeded split of ``texts.all``).
+        vecs: float32 ``(len(train) + len(held), teacher dim)``, normalised: the
+            teacher's embeddings of ``train + held``, in that order.
+        stats: The embedding cache's record of the labelling (texts encoded now,
+            the teacher's texts/s).
+        val_queries, val_qrels: Judged train queries reserved for validation (kept out
+            of the texts); empty when the dataset has none.
+    """
+
+    texts: TrainingTexts
+    train: list[str]
+    held: list[str]
+    vecs: np.ndarray
+    stats: EncodeStats
+    val_queries: Queries
+    val_qrels: Qrels
+
+
+def label(
+    config: DistillConfig, teacher: Encoder, cache: EmbeddingCache, *, progress: bool = True
+) -> Labelled:
+    """Collect the training texts, hold some out, and label them all with the teacher
+    (through its embedding cache: an interrupted labelling resumes).
+
+    Raises:
+        ValueError: fewer than 20 training texts were found.
+    """
+    from distill.gate import reserve_train_queries
+
+    val_queries, val_qrels = reserve_train_queries(config.data, config.val_queries, config.seed)
+    texts = collect_texts(
+        config.data,
+        max_texts=config.max_texts,
+        generic=config.generic_texts,
+        extra=config.extra_texts,
+        seed=config.seed,
+        exclude=set(val_queries.values()),
+    )
+    pool = texts.all
+    if len(pool) < 20:
+        raise ValueError(f"only {len(pool)} training texts found in {config.data}; need >= 20")
+    order = list(range(len(pool)))
+    random.Random(config.seed).shuffle(order)
+    n_hold = max(8, min(300, int(config.holdout * len(pool))))
+    held, train = [pool[i] for i in order[:n_hold]], [pool[i] for i in order[n_hold:]]
+    logger.info("labelling %d texts with the teacher (cached: %d)", len(pool), len(cache))
+    vecs, stats = cache.encode(teacher, train + held, desc="teacher labels", progress=progress)
+    return Labelled(texts, train, held, vecs, stats, val_queries, val_qrels)

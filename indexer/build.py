@@ -133,27 +133,9 @@ def build_index(
     try:
         encoded = encode_corpus(encoder, docs, work, executor, opts, report)
         built = assemble_index(work, encoded.count, encoder.dim, executor, opts)
-        params, quality = measure_quality(
-            built.index,
-            work,
-            encoded.count,
-            target=opts.target_recall,
-            params=opts.search_params,
-            queries=opts.recall_queries,
-            seed=opts.seed,
-        )
+        search = _quality(built, work, encoded.count, opts)
         save_index(built, work, ondisk=opts.ondisk)
-        manifest = _manifest(
-            encoder,
-            opts,
-            built,
-            work,
-            executor=executor.name,
-            encoded=encoded,
-            search=(params, quality),
-            report=report,
-            seconds=time.perf_counter() - t0,
-        )
+        manifest = _manifest(encoder, opts, built, work, executor.name, encoded, search, report, t0)
         del built  # BM25 indexing and the swap do not need the index in memory
         manifest = publish_index(work, out, manifest, bm25=opts.bm25)
         work.close(remove=True)
@@ -161,6 +143,22 @@ def build_index(
         return manifest
     finally:
         work.close()
+
+
+def _quality(
+    built: Assembled, work: WorkDir, count: int, opts: BuildOptions
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Stage 3: the search parameters that reach the target recall, and the measured
+    quality (`measure_quality`)."""
+    return measure_quality(
+        built.index,
+        work,
+        count,
+        target=opts.target_recall,
+        params=opts.search_params,
+        queries=opts.recall_queries,
+        seed=opts.seed,
+    )
 
 
 def _validate(options: BuildOptions, dim: int) -> None:
@@ -462,20 +460,20 @@ def _manifest(
     options: BuildOptions,
     built: Assembled,
     work: WorkDir,
-    *,
     executor: str,
     encoded: Encoded,
     search: tuple[dict[str, float], dict[str, Any]],
     report: ReadReport | None,
-    seconds: float,
+    started: float,
 ) -> dict[str, Any]:
     """The index manifest (`search.index_folder`) but for the files' checksums.
 
     Args:
         search: The search parameters and the recall measured with them
             (`measure_quality`).
-        seconds: Wall-clock time of the build so far.
+        started: `time.perf_counter` when the build started.
     """
+    seconds = time.perf_counter() - started
     params, quality = search
     fresh = encoded.count - encoded.resumed
     return {

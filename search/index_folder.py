@@ -131,6 +131,53 @@ def index_kind(index: faiss.Index) -> str:
     return type(index).__name__
 
 
+def _check_params(params: Mapping[str, float], kinds: list[str]) -> None:
+    """Raise ValueError unless every parameter is known and taken by an index of the
+    chain whose kinds are `kinds`."""
+    for name in params:
+        if name not in SEARCH_PARAMS:
+            raise ValueError(
+                f"unknown search parameter {name!r}; use one of {', '.join(SEARCH_PARAMS)}"
+            )
+        if SEARCH_PARAMS[name] not in kinds:
+            takes = [n for n, k in SEARCH_PARAMS.items() if k in kinds]
+            raise ValueError(
+                f"this index ({' > '.join(kinds)}) does not take {name!r}; "
+                f"it takes {', '.join(takes) or 'no search parameters'}"
+            )
+
+
+def _chain_params(
+    chain: list[faiss.Index],
+    kinds: list[str],
+    params: Mapping[str, float],
+    k: int,
+    keep: list[Any],
+) -> faiss.SearchParameters | None:
+    """The search parameters of the outermost index that takes any, nesting those of
+    the inner ones (built innermost first); objects FAISS only borrows go to `keep`."""
+    inner: faiss.SearchParameters | None = None
+    for link, kind in zip(reversed(chain), reversed(kinds), strict=True):
+        if kind == "IVF":
+            inner = faiss.SearchParametersIVF()
+            if "nprobe" in params:
+                inner.nprobe = int(params["nprobe"])
+        elif kind == "HNSW":
+            hnsw: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            stored = cast(Any, link).hnsw.efSearch
+            hnsw.efSearch = max(int(params.get("efSearch", stored)), k)
+            inner = hnsw
+        elif kind == "Refine":
+            refine = faiss.IndexRefineSearchParameters()
+            if "k_factor" in params:
+                refine.k_factor = float(params["k_factor"])
+            if inner is not None:
+                refine.base_index_params = inner
+                keep.append(inner)
+            inner = refine
+    return inner
+
+
 def make_search_params(
     index: faiss.Index,
     params: Mapping[str, float],
@@ -155,37 +202,9 @@ def make_search_params(
     """
     chain = list(index_chain(index))
     kinds = [index_kind(i) for i in chain]
-    for name in params:
-        if name not in SEARCH_PARAMS:
-            raise ValueError(
-                f"unknown search parameter {name!r}; use one of {', '.join(SEARCH_PARAMS)}"
-            )
-        if SEARCH_PARAMS[name] not in kinds:
-            takes = [n for n, k in SEARCH_PARAMS.items() if k in kinds]
-            raise ValueError(
-                f"this index ({' > '.join(kinds)}) does not take {name!r}; "
-                f"it takes {', '.join(takes) or 'no search parameters'}"
-            )
+    _check_params(params, kinds)
     keep: list[Any] = []
-    inner: faiss.SearchParameters | None = None
-    for link, kind in zip(reversed(chain), reversed(kinds), strict=True):  # innermost first
-        if kind == "IVF":
-            inner = faiss.SearchParametersIVF()
-            if "nprobe" in params:
-                inner.nprobe = int(params["nprobe"])
-        elif kind == "HNSW":
-            hnsw: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            stored = cast(Any, link).hnsw.efSearch
-            hnsw.efSearch = max(int(params.get("efSearch", stored)), k)
-            inner = hnsw
-        elif kind == "Refine":
-            refine = faiss.IndexRefineSearchParameters()
-            if "k_factor" in params:
-                refine.k_factor = float(params["k_factor"])
-            if inner is not None:
-                refine.base_index_params = inner
-                keep.append(inner)
-            inner = refine
+    inner = _chain_params(chain, kinds, params, k, keep)
     # FAISS skips selected ids inside the search, except below a Refine (it drops `sel`).
     use_sel = exclude is not None and "Refine" not in kinds
     if use_sel:

@@ -1,6 +1,6 @@
 """An encoder that runs an exported ONNX graph with onnxruntime, without torch.
 
-The graph (written by `distill.export.export_onnx`) holds the whole sentence
+The graph (written by `distill.compress.export.export_onnx`) holds the whole sentence
 pipeline: transformer, pooling, any Dense heads and L2 normalisation, so this
 module only tokenises, batches and calls onnxruntime. Files in a model folder::
 
@@ -56,7 +56,7 @@ def read_onnx_manifest(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except ValueError as exc:
         raise AssetError(
-            f"{path} is not valid JSON ({exc}); re-export with distill.export.export_onnx"
+            f"{path} is not valid JSON ({exc}); re-export with distill.compress.export.export_onnx"
         ) from exc
     return data if isinstance(data, dict) else {}
 
@@ -166,8 +166,8 @@ class OnnxEncoder:
         path = model_file or folder / ONNX_DIR / (INT8_FILE if quantized else FP32_FILE)
         if not path.is_file():
             raise AssetError(
-                f"{path} not found; export it with distill.export.export_onnx"
-                + (" then distill.quantize.quantize_int8" if quantized else "")
+                f"{path} not found; export it with distill.compress.export.export_onnx"
+                + (" then distill.compress.quantize.quantize_int8" if quantized else "")
                 + " or use --backend torch"
             )
         self.model_hash = model_hash(folder)
@@ -176,7 +176,7 @@ class OnnxEncoder:
         if model_file is None and made_from and made_from != self.model_hash:
             raise AssetError(
                 f"{path} was exported from model {made_from}, but {folder} now holds "
-                f"{self.model_hash}; re-export with distill.export.export_onnx"
+                f"{self.model_hash}; re-export with distill.compress.export.export_onnx"
             )
         self.max_seq_length, lower_case = text_settings(folder)
         self.tokenizer = _Tokenizer(folder, self.max_seq_length, lower_case)
@@ -193,7 +193,7 @@ class OnnxEncoder:
         if unknown:
             raise AssetError(
                 f"{path} takes inputs {unknown} this encoder cannot feed (it feeds "
-                f"{', '.join(INPUT_NAMES)}); re-export with distill.export.export_onnx"
+                f"{', '.join(INPUT_NAMES)}); re-export with distill.compress.export.export_onnx"
             )
         self.output = self.session.get_outputs()[0].name
         shape = self.session.get_outputs()[0].shape

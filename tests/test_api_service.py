@@ -456,7 +456,7 @@ def test_upsert_and_delete_are_searchable_at_once(
 def test_upsert_with_onnx_encoder_stays_out_of_the_query_pool(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from distill.export import export_onnx
+    from distill.compress.export import export_onnx
     from indexer.build import build_index
     from search.encoder import load_encoder
     from search.onnx_encoder import OnnxEncoder

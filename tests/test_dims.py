@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from distill.dims import pca_projection, reduce_dims, similarity_agreement
-from distill.export import export_onnx
+from distill.compress.dims import pca_projection, reduce_dims, similarity_agreement
+from distill.compress.export import export_onnx
 from search.assets import model_hash
 from search.onnx_encoder import OnnxEncoder
 

@@ -1,13 +1,21 @@
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from distill.compress.pipeline import served_speed
 from distill.config import DistillConfig
-from distill.run import REPORT, distill, served_speed
+from distill.report import REPORT
+from distill.run import distill
 from search.types import AssetError
+
+
+def report_of(config: DistillConfig, *, progress: bool = False) -> dict[str, Any]:
+    """`distill`'s report as the JSON it writes."""
+    return distill(config, progress=progress).model_dump(mode="json", by_alias=True)
 
 
 def _config(teacher: Path, student: str, data: Path, out: Path, **kw: object) -> DistillConfig:
@@ -30,7 +38,7 @@ def test_run_leaves_onnx_artifacts_behind_the_gate(
     from search.encoder import available_backends
 
     out = tmp_path / "c"
-    report = distill(
+    report = report_of(
         _config(tiny_model_64, str(tiny_model), scifact_slice, out, compress=True), progress=False
     )
     comp = report["compression"]
@@ -75,7 +83,7 @@ def test_int8_min_cosine_reaches_the_quantizer(
         compress=True,
         int8_min_cosine=0.5,
     )
-    int8 = distill(config, progress=False)["compression"]["int8"]
+    int8 = report_of(config, progress=False)["compression"]["int8"]
     assert int8["min_cosine"] == 0.5
     assert [t["fp32_nodes"] for t in int8["trials"]] == [0]  # the first trial passes
     with pytest.raises(ValueError, match="--int8-min-cosine must be in"):
@@ -101,7 +109,7 @@ def test_smaller_student_learns_pca_targets(
     tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "student"
-    report = distill(
+    report = report_of(
         _config(
             tiny_model_64,
             str(tiny_model),
@@ -128,7 +136,7 @@ def test_smaller_student_learns_pca_targets(
 
 def test_layer_subset_student(tiny_model_64: Path, scifact_slice: Path, tmp_path: Path) -> None:
     out = tmp_path / "sub"
-    report = distill(
+    report = report_of(
         _config(tiny_model_64, "teacher:layers=1", scifact_slice, out, epochs=1.0), progress=False
     )
     loaded = SentenceTransformer(str(out), device="cpu")
@@ -143,7 +151,7 @@ def test_layer_subset_of_a_pretrained_student(
     """MODEL:layers=... cuts the named model, not the teacher (tiny_model is 32 wide)."""
     out = tmp_path / "cut"
     spec = f"{tiny_model}:layers=1"
-    report = distill(_config(tiny_model_64, spec, scifact_slice, out, epochs=1.0), progress=False)
+    report = report_of(_config(tiny_model_64, spec, scifact_slice, out, epochs=1.0), progress=False)
     loaded = SentenceTransformer(str(out), device="cpu")
     config = loaded[0].auto_model.config
     assert config.num_hidden_layers == 1 and config.hidden_size == 32
@@ -165,7 +173,7 @@ def test_structure_loss_trains(
         epochs=4.0,
         eval_steps=2,
     )
-    report = distill(cfg, progress=False)
+    report = report_of(cfg, progress=False)
     (stage,) = report["stages"]
     assert stage["name"] == "end-to-end" and report["config"]["loss"] == "mse+structure"
     losses = stage["train_loss"]  # mean loss of each 2-step interval
@@ -194,7 +202,7 @@ def test_rank_loss_gates_on_train_qrels_and_keeps_them_out_of_training(
     cfg = _config(
         tiny_model_64, str(tiny_model), scifact, tmp_path / "g", val_queries=30, val_docs=200
     )
-    report = distill(cfg, progress=False)
+    report = report_of(cfg, progress=False)
     assert report["config"]["loss"] == "rank" and report["steps"] > 0  # the default loss
     assert report["train_examples"] > 0
     gate = report["gate"]
@@ -224,7 +232,7 @@ def test_rank_loss_gates_on_train_qrels_and_keeps_them_out_of_training(
 def test_gate_falls_back_to_teacher_judgements(
     tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
 ) -> None:
-    report = distill(
+    report = report_of(
         _config(tiny_model_64, str(tiny_model), scifact_slice, tmp_path / "t"), progress=False
     )
     assert report["gate"]["source"] == "teacher top-10"
@@ -232,7 +240,7 @@ def test_gate_falls_back_to_teacher_judgements(
 
 
 def test_student_reads_the_teachers_token_window(tiny_model: Path, tiny_model_64: Path) -> None:
-    from distill.student import match_window
+    from distill.transformer.student import match_window
 
     student = SentenceTransformer(str(tiny_model), device="cpu")
     teacher = SentenceTransformer(str(tiny_model_64), device="cpu")
@@ -247,7 +255,7 @@ def test_the_saved_student_keeps_the_window(
     tiny_model_64: Path, tiny_model: Path, scifact_slice: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "w"
-    report = distill(
+    report = report_of(
         _config(tiny_model_64, str(tiny_model), scifact_slice, out, max_seq_length=48),
         progress=False,
     )

@@ -37,7 +37,8 @@ def validation_set(data: Path, out: Path) -> ValidationSet:
     config, texts and seed, the teacher's labels from the embedding cache the run
     filled. The slice has no train qrels, so its queries are held-out texts judged
     by the teacher's top-10."""
-    from distill.run import _validation_set, label
+    from distill.gate import validation_set
+    from distill.texts import label
     from search.assets import embeddings_dir, resolve_model
     from search.embed_cache import EmbeddingCache
 
@@ -45,10 +46,7 @@ def validation_set(data: Path, out: Path) -> ValidationSet:
     teacher = TorchEncoder(resolve_model(TEACHER), name=TEACHER)
     cache = EmbeddingCache(embeddings_dir(), teacher.model_hash, teacher.dim)
     labelled = label(config, teacher, cache, progress=False)
-    query_texts = labelled.texts.all_queries()
-    return _validation_set(
-        config, labelled.val_queries, labelled.val_qrels, labelled.held, query_texts, teacher, cache
-    )
+    return validation_set(config, labelled, teacher, cache)
 
 
 def test_distill_index_search_eval_serve(scifact_slice: Path, tmp_path: Path) -> None:

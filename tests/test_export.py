@@ -14,9 +14,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import modules
 
-from distill.export import (
+from distill.compress.export import (
     CompressionError,
-    _eager_attention,
+    eager_attention,
     export_onnx,
     pool_tokens,
     timed_encode,
@@ -124,7 +124,7 @@ def test_export_refuses_a_model_without_a_transformer_first(tmp_path: Path) -> N
 def test_eager_attention_is_restored_after_the_trace(tiny_model: Path) -> None:
     transformer = SentenceTransformer(str(tiny_model), device="cpu")[0].auto_model
     before = transformer.config._attn_implementation
-    with _eager_attention(transformer) as traced:
+    with eager_attention(transformer) as traced:
         assert traced == transformer.config._attn_implementation == "eager"
     assert transformer.config._attn_implementation == before != "eager"
 

@@ -126,7 +126,7 @@ def test_queries_use_the_artifact_that_encoded_the_documents(
 ) -> None:
     import shutil
 
-    from distill.export import export_onnx
+    from distill.compress.export import export_onnx
 
     model = tmp_path / "m"
     shutil.copytree(tiny_model, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from distill.layerwise import (
+from distill.transformer.layerwise import (
     Block,
     boundaries,
     distill_layers,
@@ -18,8 +19,9 @@ from distill.layerwise import (
     layers_to_train,
     plan_blocks,
 )
-from distill.states import fill_store
-from distill.student import layer_subset
+from distill.transformer.schedule import Schedule
+from distill.transformer.states import fill_store
+from distill.transformer.student import layer_subset
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_layer_local_loss_by_hand() -> None:
 def test_store_resumes_to_the_same_states(
     tiny3: Path, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import distill.states as states
+    import distill.transformer.states as states
 
     model = SentenceTransformer(str(tiny3), device="cpu")
     monkeypatch.setattr(states, "FILL_BATCH_TOKENS", 256)  # many small batches
@@ -105,12 +107,8 @@ def test_a_trained_block_lowers_its_loss_and_moves_the_cut_towards_the_uncut(
         blocks,
         store,
         tmp_path / "w",
-        list(range(200)),
-        held,
-        epochs=30,
-        lr=3e-3,
-        seconds=120,
-        seed=0,
+        (list(range(200)), held),
+        Schedule(lr=3e-3, seconds=120, epochs=30, seed=0),
         progress=False,
     )
     # a random 2-layer block is far from one layer; a trained layer gets well closer
@@ -121,27 +119,27 @@ def test_a_trained_block_lowers_its_loss_and_moves_the_cut_towards_the_uncut(
 
 
 def test_the_gate_states_the_noise_of_a_gain() -> None:
-    from distill.gate import judge_gain
+    from distill.gate import Gain, judge_gain
 
     before = {f"q{i}": 0.5 for i in range(200)}
     # 200 queries, half of them up by 0.2: a real gain, far outside the noise
     after = {q: v + (0.2 if i % 2 else 0.0) for i, (q, v) in enumerate(before.items())}
     verdict = judge_gain(after, before)
-    assert verdict["gain"] == pytest.approx(0.1)
-    low, high = verdict["gain_ci95"]
-    assert 0.07 < low < 0.1 < high < 0.13 and verdict["gain_p"] < 0.001
+    assert verdict.gain == pytest.approx(0.1)
+    low, high = verdict.ci95
+    assert 0.07 < low < 0.1 < high < 0.13 and verdict.p < 0.001
     # up and down alike: no gain, and the interval says so
     mixed = {q: v + (0.2 if i % 2 else -0.2) for i, (q, v) in enumerate(before.items())}
     verdict = judge_gain(mixed, before)
-    assert verdict["gain_ci95"][0] < 0 < verdict["gain_ci95"][1] and verdict["gain_p"] > 0.5
-    assert judge_gain(before, before) == {"gain": 0.0, "gain_ci95": [0.0, 0.0], "gain_p": 1.0}
+    assert verdict.ci95[0] < 0 < verdict.ci95[1] and verdict.p > 0.5
+    assert judge_gain(before, before) == Gain(gain=0.0, ci95=(0.0, 0.0), p=1.0)
 
 
 def test_the_teacher_stage_resumes_from_its_checkpoint(
     tiny3: Path, texts: list[str], tmp_path: Path
 ) -> None:
-    from distill.frozen import Top, ValidationStates, train_top
-    from distill.mining import mine_rank_examples
+    from distill.transformer.frozen import PrefixStates, Top, ValidationStates, train_top
+    from distill.transformer.mining import mine_rank_examples
 
     model = SentenceTransformer(str(tiny3), device="cpu")
     store = fill_store(tmp_path / "s", model, texts, [1], model_hash="u", progress=False)
@@ -160,25 +158,23 @@ def test_the_teacher_stage_resumes_from_its_checkpoint(
         q_rows,
         {f"q{r}": {f"d{b}": 1} for r, b in zip(q_rows, best, strict=True)},
     )
-    kw = dict(batch_size=8, lr=1e-3, temperature=0.05, max_epochs=1.0, progress=False)
-    work = tmp_path / "w"
+    schedule = Schedule(lr=1e-3, seconds=0, epochs=1.0, batch_size=8, eval_steps=100)
+    states, work = PrefixStates(store, 1, rows), tmp_path / "w"
     # no time left: one step, one evaluation and a checkpoint, as a killed run leaves
     first = train_top(
-        Top(model, 1), store, 1, rows, examples, val, work, seconds=0, eval_steps=100, **kw
+        Top(model, 1), states, examples, val, work, schedule, temperature=0.05, progress=False
     )
     assert (first.steps, first.stopped_by) == (1, "time budget")
     again = train_top(
         Top(model, 1),
-        store,
-        1,
-        rows,
+        states,
         examples,
         val,
         work,
-        seconds=600,
-        eval_steps=5,
+        dataclasses.replace(schedule, seconds=600, eval_steps=5),
+        temperature=0.05,
         patience=100,
-        **kw,
+        progress=False,
     )
     planned = len(examples) // 8
     assert (again.resumed_from, again.steps, again.stopped_by) == (1, planned, "epochs done")

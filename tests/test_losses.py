@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.losses import RankDistillLoss, rank_distill_loss, similarity_structure_loss
+from distill.transformer.losses import RankDistillLoss, rank_distill_loss, similarity_structure_loss
 
 
 def test_zero_when_student_matches_targets_and_structure() -> None:
@@ -65,7 +65,7 @@ def test_rank_loss_module_reads_concatenated_teacher_labels() -> None:
 
 
 def test_mining_picks_the_teacher_top_document_and_a_harder_one() -> None:
-    from distill.mining import mine_rank_examples
+    from distill.transformer.mining import mine_rank_examples
 
     docs = [f"doc {i}" for i in range(30)]
     rng = np.random.default_rng(0)
@@ -83,7 +83,7 @@ def test_mining_picks_the_teacher_top_document_and_a_harder_one() -> None:
 
 
 def test_mining_skips_a_text_that_is_its_own_top_document() -> None:
-    from distill.mining import mine_rank_examples
+    from distill.transformer.mining import mine_rank_examples
 
     dv = np.eye(3, dtype=np.float32)
     ex = mine_rank_examples(["a", "x"], dv[:2], ["a", "b", "c"], dv, depth=2)

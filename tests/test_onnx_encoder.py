@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from distill.export import export_onnx
+from distill.compress.export import export_onnx
 from search.assets import model_hash
 from search.encoder import available_backends, load_encoder
 from search.onnx_encoder import OnnxEncoder
@@ -97,7 +97,7 @@ def test_missing_int8_and_stale_export_are_refused(exported: Path, tmp_path: Pat
 def test_real_minilm_export_and_int8(tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from distill.quantize import quantize_int8
+    from distill.compress.quantize import quantize_int8
     from search.assets import resolve_model
 
     folder = Path(shutil.copytree(resolve_model("all-MiniLM-L6-v2"), tmp_path / "minilm"))

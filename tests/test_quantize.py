@@ -10,10 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.export import export_onnx
-from distill.gptq import activation_stats, gptq_round, real_rows, round_weights, weight_matmuls
-from distill.int8_graph import quantize_tables, write_int8
-from distill.quantize import QualityGate, _search, _Trial, gate_decision, quantize_int8
+from distill.compress.export import export_onnx
+from distill.compress.gptq import (
+    activation_stats,
+    gptq_round,
+    real_rows,
+    round_weights,
+    weight_matmuls,
+)
+from distill.compress.int8_graph import quantize_tables, write_int8
+from distill.compress.quantize import QualityGate, Trial, fewest_fp32, gate_decision, quantize_int8
 from search.embed_cache import cache_for, cache_key
 from search.encoder import Encoder, available_backends, load_encoder
 from search.onnx_encoder import OnnxEncoder
@@ -54,25 +60,25 @@ def test_gate_decision_by_hand() -> None:
     assert gate_decision(gate, 0.995, 0.5, 0.6)[0]  # int8 better: fine
 
 
-def _fake_trial(keep: int, cosine: float) -> _Trial:
-    return _Trial(keep, Path("x"), 1.0, cosine, cosine, 1.0)
+def _fake_trial(keep: int, cosine: float) -> Trial:
+    return Trial(keep, Path("x"), 1.0, cosine, cosine, 1.0)
 
 
 def test_search_doubles_then_bisects() -> None:
     tried: list[int] = []
 
-    def try_keep(keep: int) -> _Trial:
+    def try_keep(keep: int) -> Trial:
         tried.append(keep)
         return _fake_trial(keep, 0.999 if keep >= 5 else 0.9)
 
-    trials = _search(try_keep, n=40, min_cosine=0.99, max_trials=10)
+    trials = fewest_fp32(try_keep, n=40, min_cosine=0.99, max_trials=10)
     assert tried == [0, 1, 2, 4, 8, 6, 5]
     assert min(t.keep for t in trials if t.cosine_mean >= 0.99) == 5
     tried.clear()
-    _search(try_keep, n=40, min_cosine=0.99, max_trials=3)
+    fewest_fp32(try_keep, n=40, min_cosine=0.99, max_trials=3)
     assert tried == [0, 1, 2]  # budget respected, nothing passes
     tried.clear()
-    _search(try_keep, n=3, min_cosine=0.99, max_trials=10)
+    fewest_fp32(try_keep, n=3, min_cosine=0.99, max_trials=10)
     assert tried == [0, 1, 2, 3]  # capped at every node, then gives up
 
 

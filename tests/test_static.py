@@ -16,9 +16,17 @@ from typer.testing import CliRunner
 
 from api.cli import app
 from distill.config import DistillConfig, StudentSpec
-from distill.run import REPORT, distill
-from distill.static import FUSION_WEIGHTS, adapt, plain_model, reweight, token_frequencies
+from distill.report import REPORT
+from distill.run import distill
+from distill.static.job import FUSION_WEIGHTS
+from distill.static.model import adapt, plain_model, reweight, token_frequencies
 from distill.static_options import StaticOptions
+
+
+def report_of(config: DistillConfig, *, progress: bool = False) -> dict[str, Any]:
+    """`distill`'s report as the JSON it writes."""
+    return distill(config, progress=progress).model_dump(mode="json", by_alias=True)
+
 
 runner = CliRunner()
 WORDS = ["[UNK]", "cat", "dog", "fish", "bird", "runs", "swims", "flies", "the", "a"]
@@ -54,7 +62,7 @@ def static_run(
             max_texts=60,
             generic_texts=None,
         )
-        report = distill(config, progress=False)  # the dispatch in distill.run
+        report = report_of(config, progress=False)  # the dispatch in distill.run
         # the plain distillation depends on the teacher and options only: cached
         from search.encoder import TorchEncoder
 

@@ -8,7 +8,7 @@ its kept layer, which is trained alone to map the block's input to the uncut mod
 hidden state at the block's end.
 
 The uncut model is the teacher's assistant (Mirzadeh et al., 2020): it runs once over
-the training texts (`distill.states`), and its states at the block boundaries are the
+the training texts (`distill.transformer.states`), and its states at the block boundaries are the
 targets. Blocks are trained in order, each on the output of the blocks already
 trained (recomputed once per block), so errors do not compound unseen. A training
 step runs one layer, forward and backward, on cached inputs: no other layer and no
@@ -21,11 +21,11 @@ alike and the value reads as a relative error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distill.states import StateStore, gather, scatter
+from distill.transformer.schedule import Schedule
+from distill.transformer.states import StateStore, gather, scatter
 from search.batching import token_batches
 
 logger = logging.getLogger(__name__)
@@ -189,106 +190,123 @@ class BlockResult:
         }
 
 
-def warmup_cosine(planned: int) -> Callable[[int], float]:
-    """The learning-rate factor of each step, for ``LambdaLR``: a linear warm-up over the
-    first 5 % of `planned` steps, then a cosine decay to 0 at `planned`."""
-    warmup = max(1, planned // 20)
+@dataclass
+class BlockData:
+    """What one block trains on: `inputs` to `targets`, token rows of `store`'s texts.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
+    Attributes:
+        inputs, targets: float16 ``(total_tokens, hidden)`` token rows.
+        train_rows, held_rows: Texts of `store` to train on and to measure on.
+    """
 
-    return factor
+    inputs: np.ndarray
+    targets: np.ndarray
+    store: StateStore
+    train_rows: Sequence[int]
+    held_rows: Sequence[int]
+
+    def batch(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, targets, mask) of texts `rows`, padded."""
+        store = self.store
+        x, mask = gather(self.inputs, store.offsets, store.lengths, rows)
+        t, _ = gather(self.targets, store.offsets, store.lengths, rows)
+        return x, t, mask
+
+    def held_loss(self, layer: torch.nn.Module, backbone: Any) -> float:
+        """`layer_local_loss` of `layer` over the held-out texts, pooled over all their
+        tokens."""
+        rows = self.held_rows
+        err = energy = 0.0
+        layer.eval()
+        with torch.inference_mode():
+            for batch in token_batches([int(self.store.lengths[r]) for r in rows], 64, 8192):
+                x, t, mask = self.batch([rows[i] for i in batch])
+                y = run_layers([layer], backbone, x, mask).cpu()
+                m = mask.unsqueeze(-1).float()
+                err += float((((y - t) ** 2) * m).sum())
+                energy += float(((t**2) * m).sum())
+        return err / max(energy, 1e-12)
 
 
-def held_loss(
-    layer: torch.nn.Module,
-    backbone: Any,
-    inputs: np.ndarray,
-    targets: np.ndarray,
-    store: StateStore,
-    rows: Sequence[int],
-) -> float:
-    """`layer_local_loss` of `layer` over texts `rows`, pooled over all their tokens."""
-    err = energy = 0.0
-    layer.eval()
-    with torch.inference_mode():
-        for batch in token_batches([int(store.lengths[r]) for r in rows], 64, 8192):
-            picked = [rows[i] for i in batch]
-            x, mask = gather(inputs, store.offsets, store.lengths, picked)
-            t, _ = gather(targets, store.offsets, store.lengths, picked)
-            y = run_layers([layer], backbone, x, mask).cpu()
-            m = mask.unsqueeze(-1).float()
-            err += float((((y - t) ** 2) * m).sum())
-            energy += float(((t**2) * m).sum())
-    return err / max(energy, 1e-12)
+def _state(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in layer.state_dict().items()}
+
+
+@dataclass
+class _BlockTrainer:
+    """One layer, its optimizer and schedule, and the steps taken."""
+
+    layer: torch.nn.Module
+    backbone: Any
+    data: BlockData
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    planned: int
+    step: int = 0
+
+    def epoch(self, batches: list[list[int]], deadline: float, bar: Any) -> bool:
+        """Train on `batches`; False when the time budget ran out."""
+        self.layer.train()
+        params = [p for p in self.layer.parameters() if p.requires_grad]
+        for rows in batches:
+            x, t, mask = self.data.batch(rows)
+            loss = layer_local_loss(run_layers([self.layer], self.backbone, x, mask), t, mask)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if self.step >= self.planned:
+                return True
+            if time.monotonic() > deadline:
+                return False
+        return True
 
 
 def train_block(
     layer: torch.nn.Module,
     backbone: Any,
-    inputs: np.ndarray,
-    targets: np.ndarray,
-    store: StateStore,
-    train_rows: Sequence[int],
-    held_rows: Sequence[int],
-    *,
+    data: BlockData,
     block: Block,
-    epochs: float,
-    lr: float,
-    seconds: float,
-    seed: int,
+    schedule: Schedule,
+    *,
     progress: bool = True,
 ) -> BlockResult:
-    """Train `layer` alone to map `inputs` to `targets` (token rows of `store`).
+    """Train `layer` alone to map `data`'s inputs to its targets, in place.
 
-    AdamW with a linear warm-up over the first 5 % of steps and a cosine decay to zero
-    at the planned end (`epochs` passes over `train_rows`); it stops early when
-    `seconds` are spent. The weights with the lowest held-out loss (measured after
-    each epoch and at the end) are kept.
+    AdamW under `schedule` (warm-up, cosine decay to zero at the end of its epochs over
+    the training texts; it stops early when its seconds are spent). The weights with
+    the lowest held-out loss (measured after each epoch and at the end) are kept.
     """
-    rng = random.Random(seed)
-    per_epoch = len(_batches(store.lengths, train_rows, random.Random(seed)))
-    planned = max(1, math.ceil(per_epoch * epochs))
+    rng = random.Random(schedule.seed)
+    lengths = data.store.lengths
+    per_epoch = len(_batches(lengths, data.train_rows, random.Random(schedule.seed)))
+    planned = schedule.planned(per_epoch)
     params = [p for p in layer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(planned))
-    before = held_loss(layer, backbone, inputs, targets, store, held_rows)
-    best, best_state = before, {k: v.detach().clone() for k, v in layer.state_dict().items()}
-    deadline = time.monotonic() + seconds
-    t0, step, stopped = time.perf_counter(), 0, "epochs done"
+    optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=0.01)
+    trainer = _BlockTrainer(
+        layer, backbone, data, optimizer, schedule.scheduler(optimizer, planned), planned
+    )
+    before = data.held_loss(layer, backbone)
+    best, best_state = before, _state(layer)
+    deadline = schedule.deadline()
+    t0, stopped = time.perf_counter(), "epochs done"
     bar = tqdm(total=planned, desc=f"layers {block.start}-{block.end - 1}", disable=not progress)
-    while step < planned and stopped == "epochs done":
-        layer.train()
-        for rows in _batches(store.lengths, train_rows, rng):
-            x, mask = gather(inputs, store.offsets, store.lengths, rows)
-            t, _ = gather(targets, store.offsets, store.lengths, rows)
-            loss = layer_local_loss(run_layers([layer], backbone, x, mask), t, mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step >= planned:
-                break
-            if time.monotonic() > deadline:
-                stopped = "time budget"
-                break
-        current = held_loss(layer, backbone, inputs, targets, store, held_rows)
+    while trainer.step < planned and stopped == "epochs done":
+        if not trainer.epoch(_batches(lengths, data.train_rows, rng), deadline, bar):
+            stopped = "time budget"
+        current = data.held_loss(layer, backbone)
         if current < best:
-            best, best_state = (
-                current,
-                {k: v.detach().clone() for k, v in layer.state_dict().items()},
-            )
+            best, best_state = current, _state(layer)
     bar.close()
     layer.load_state_dict(best_state)
     layer.eval()
+    seconds = time.perf_counter() - t0
     return BlockResult(
-        block, before, best, step, step / per_epoch, time.perf_counter() - t0, stopped
+        block, before, best, trainer.step, trainer.step / per_epoch, seconds, stopped
     )
 
 
@@ -316,13 +334,9 @@ def distill_layers(
     blocks: Sequence[Block],
     store: StateStore,
     work: Path,
-    train_rows: Sequence[int],
-    held_rows: Sequence[int],
+    rows: tuple[Sequence[int], Sequence[int]],
+    schedule: Schedule,
     *,
-    epochs: float,
-    lr: float,
-    seconds: float,
-    seed: int,
     progress: bool = True,
 ) -> list[BlockResult]:
     """Train the cut `student`'s replacing layers block by block, in place.
@@ -332,8 +346,9 @@ def distill_layers(
         blocks: `plan_blocks` of the cut.
         store: Uncut states at `boundaries(blocks)` for every text.
         work: Scratch folder for the drifted inputs of later blocks (token rows, fp16).
-        train_rows, held_rows: Texts of `store` to train on and to measure on.
-        seconds: Time budget, shared evenly by the blocks still to train.
+        rows: Texts of `store` to train on, and to measure on.
+        schedule: Each block's schedule; its seconds are shared evenly by the blocks
+            still to train, and block ``n`` draws its order from ``seed + n``.
     """
     backbone = student[0].auto_model
     trained = layers_to_train(blocks)
@@ -341,26 +356,14 @@ def distill_layers(
         return []
     work.mkdir(parents=True, exist_ok=True)
     inputs = store.arrays[trained[0].start]
-    deadline = time.monotonic() + seconds
+    deadline = schedule.deadline()
     results = []
     for n, block in enumerate(trained):
         layer = backbone.encoder.layer[block.index]
         share = max(0.0, deadline - time.monotonic()) / (len(trained) - n)
-        result = train_block(
-            layer,
-            backbone,
-            inputs,
-            store.arrays[block.end],
-            store,
-            train_rows,
-            held_rows,
-            block=block,
-            epochs=epochs,
-            lr=lr,
-            seconds=share,
-            seed=seed + n,
-            progress=progress,
-        )
+        data = BlockData(inputs, store.arrays[block.end], store, *rows)
+        own = dataclasses.replace(schedule, seconds=share, seed=schedule.seed + n)
+        result = train_block(layer, backbone, data, block, own, progress=progress)
         logger.info(
             "layers %d-%d -> layer %d: held-out loss %.4f -> %.4f in %d steps",
             block.start,
@@ -372,10 +375,15 @@ def distill_layers(
         )
         results.append(result)
         if n + 1 < len(trained):
-            nxt = np.lib.format.open_memmap(
-                work / f"in{n + 1}.npy", mode="w+", dtype=np.float16, shape=inputs.shape
-            )
-            propagate(layer, backbone, inputs, nxt, store)
-            nxt.flush()
-            inputs = nxt
+            inputs = _propagated(layer, backbone, inputs, store, work / f"in{n + 1}.npy")
     return results
+
+
+def _propagated(
+    layer: torch.nn.Module, backbone: Any, inputs: np.ndarray, store: StateStore, path: Path
+) -> np.ndarray:
+    """`layer`'s output for every text of `store`, as a float16 memory map at `path`."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=inputs.shape)
+    propagate(layer, backbone, inputs, out, store)
+    out.flush()
+    return out

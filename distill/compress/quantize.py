@@ -2,13 +2,13 @@
 
 `quantize_int8` makes ``onnx/model_int8.onnx`` from ``onnx/model.onnx`` in five stages:
 
-1. **collect activations** (`distill.gptq.activation_stats`): the fp32 graph runs on
+1. **collect activations** (`distill.compress.gptq.activation_stats`): the fp32 graph runs on
    the first check texts; for each MatMul with a weight, the range of its inputs over
    their RMS and their Gram matrix XᵀX are recorded;
-2. **GPTQ-round weights** (`distill.gptq.round_weights`): each weight is rounded to
+2. **GPTQ-round weights** (`distill.compress.gptq.round_weights`): each weight is rounded to
    7-bit integers per output channel, compensating each rounding error on the inputs
    not yet rounded;
-3. **rewrite the graph** (`distill.int8_graph`): embedding tables (``Gather``) are
+3. **rewrite the graph** (`distill.compress.int8_graph`): embedding tables (``Gather``) are
    stored in int8 (weight-only: size, not speed), and each weight MatMul runs as
    ``MatMulIntegerToFloat`` on int8 activations whose scales are computed at run time,
    one per token;
@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.export import (
+from distill.compress.export import (
     CompressionError,
     check_texts,
     cosines,
@@ -57,8 +57,8 @@ from distill.export import (
     timed_encode,
     update_manifest,
 )
-from distill.gptq import PROBE_TEXTS, Rounded, activation_stats, round_weights
-from distill.int8_graph import quantize_tables, write_int8
+from distill.compress.gptq import PROBE_TEXTS, Rounded, activation_stats, round_weights
+from distill.compress.int8_graph import quantize_tables, write_int8
 from search.encoder import Encoder
 from search.onnx_encoder import FP32_FILE, INT8_FILE, ONNX_DIR, OnnxEncoder
 from search.types import Corpus, Qrels, Queries
@@ -141,7 +141,7 @@ def retrieval_metric(
 
 
 @dataclass
-class _Trial:
+class Trial:
     keep: int  # how many of the worst MatMuls stay fp32
     path: Path
     docs_per_s: float
@@ -158,16 +158,16 @@ class _Trial:
         }
 
 
-def _search(
-    try_keep: Callable[[int], _Trial], n: int, min_cosine: float, max_trials: int
-) -> list[_Trial]:
+def fewest_fp32(
+    try_keep: Callable[[int], Trial], n: int, min_cosine: float, max_trials: int
+) -> list[Trial]:
     """Find the fewest fp32 MatMuls that reach `min_cosine`: 0, 1, 2, 4, 8… then bisect.
 
     Returns:
         Every trial made, in order; the passing one with the smallest ``keep`` is the
         answer (none passes when the cosine is never reached within `max_trials`).
     """
-    trials: list[_Trial] = []
+    trials: list[Trial] = []
     passes = lambda t: t.cosine_mean >= min_cosine  # noqa: E731
     failed, keep = -1, 0
     while len(trials) < max_trials:
@@ -203,7 +203,7 @@ def quantize_int8(
     gate allows (see the module doc).
 
     Args:
-        folder: A model folder holding an fp32 export (`distill.export.export_onnx`).
+        folder: A model folder holding an fp32 export (`distill.compress.export.export_onnx`).
         texts: Check texts (real documents and queries; a few dozen suffice). The
             first 32 calibrate GPTQ and rank MatMuls by activation outliers; the
             cosine to fp32 is measured on the rest when there are at least 16 more.
@@ -226,7 +226,7 @@ def quantize_int8(
     src = folder / ONNX_DIR / FP32_FILE
     if not src.is_file():
         raise CompressionError(
-            f"{src} not found; export first with distill.export.export_onnx(folder, texts)"
+            f"{src} not found; export first with distill.compress.export.export_onnx(folder, texts)"
         )
     fp32 = OnnxEncoder(folder, name=folder.name)
     ref, fp32_speed = timed_encode(lambda t: fp32.encode(t, batch_size=batch_size), checked)
@@ -237,7 +237,7 @@ def quantize_int8(
     report = _setup_report(folder, gate, calibration, trials, fp32_speed)
     try:
         trials.quantize_tables(src)
-        made = _search(trials.run, len(calibration.ranked), gate.min_cosine, max_trials)
+        made = fewest_fp32(trials.run, len(calibration.ranked), gate.min_cosine, max_trials)
         best = _best(made, gate.min_cosine)
         report.update(_trials_report(made, best, calibration, fp32_speed))
         report.update(judge(gate, best, fp32, folder))
@@ -303,7 +303,7 @@ class _Trials:
         self.tables.parent.mkdir(parents=True)
         quantize_tables(src, self.tables)
 
-    def run(self, keep: int) -> _Trial:
+    def run(self, keep: int) -> Trial:
         """Write and measure the int8 graph with the `keep` most outlying MatMuls in fp32."""
         path = self.work / str(keep) / INT8_FILE
         path.parent.mkdir(parents=True)
@@ -315,7 +315,7 @@ class _Trials:
         logger.info("int8 with %d MatMuls in fp32: cosine %.4f", keep, cos.mean())
         # The encoder is not kept: each holds two onnxruntime sessions whose memory
         # arenas grow to a batch's activations, and trials would add them up.
-        return _Trial(keep, path, speed, float(cos.mean()), float(cos.min()), size)
+        return Trial(keep, path, speed, float(cos.mean()), float(cos.min()), size)
 
 
 def _setup_report(
@@ -343,14 +343,14 @@ def _setup_report(
     }
 
 
-def _best(trials: list[_Trial], min_cosine: float) -> _Trial:
+def _best(trials: list[Trial], min_cosine: float) -> Trial:
     """The passing trial with fewest fp32 MatMuls, else the one with the best cosine."""
     good = [t for t in trials if t.cosine_mean >= min_cosine]
     return min(good, key=lambda t: t.keep) if good else max(trials, key=lambda t: t.cosine_mean)
 
 
 def _trials_report(
-    trials: list[_Trial], best: _Trial, calibration: Calibration, fp32_speed: float
+    trials: list[Trial], best: Trial, calibration: Calibration, fp32_speed: float
 ) -> dict[str, Any]:
     """The report's entries on the trials made and the best one."""
     kept = calibration.ranked[: best.keep]
@@ -366,7 +366,7 @@ def _trials_report(
     }
 
 
-def judge(gate: QualityGate, best: _Trial, fp32: OnnxEncoder, folder: Path) -> dict[str, Any]:
+def judge(gate: QualityGate, best: Trial, fp32: OnnxEncoder, folder: Path) -> dict[str, Any]:
     """Stage 4's verdict on the best trial: the retrieval check (when the cosine passes
     and `gate` has an evaluation), then `gate_decision`.
 
@@ -390,7 +390,7 @@ def judge(gate: QualityGate, best: _Trial, fp32: OnnxEncoder, folder: Path) -> d
     return entries
 
 
-def _write(folder: Path, best: _Trial, passed: bool) -> None:
+def _write(folder: Path, best: Trial, passed: bool) -> None:
     """Stage 5: delete the previous int8 model; move the best trial's in if it passed.
 
     The external data file moves first and the graph last, so the graph never points

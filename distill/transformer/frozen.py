@@ -1,9 +1,9 @@
 """Training a student's top layers against the teacher over cached frozen-prefix states.
 
 The embeddings and lower layers of the student stay frozen, so their output for every
-training and validation text is computed once (`distill.states`) and a step runs only
+training and validation text is computed once (`distill.transformer.states`) and a step runs only
 the layers being trained, forward and backward. The objective is the teacher's
-in-batch rankings of mined query-document examples (`distill.losses.rank_distill_loss`):
+in-batch rankings of mined query-document examples (`distill.transformer.losses.rank_distill_loss`):
 the student's pooled embeddings are scored, never the teacher's labels.
 
 Validation reuses the cached prefix states of the validation texts, so a pass costs
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distill.layerwise import run_layers, warmup_cosine
-from distill.losses import rank_distill_loss
-from distill.mining import RankExamples
-from distill.states import StateStore
+from distill.transformer.layerwise import run_layers
+from distill.transformer.losses import rank_distill_loss
+from distill.transformer.mining import RankExamples
+from distill.transformer.schedule import Schedule
+from distill.transformer.states import StateStore
 from search.atomic import atomic_path
 from search.batching import token_batches
 from search.evaluate import exact_search, score_results
@@ -208,6 +209,22 @@ class _Trainer:
         self.scheduler.step()
         return float(loss.item())
 
+    def finish(self, state: _State, stopped: str, seconds: float, work: Path) -> TopResult:
+        """Load the best weights into the layers and say what training did."""
+        for layer, weights in zip(self.top.layers, state.best_state, strict=True):
+            layer.load_state_dict(weights)
+            layer.eval()
+        (work / "top.json").write_text(json.dumps({"best": state.best}))
+        return TopResult(
+            state.before,
+            state.best,
+            state.step,
+            seconds,
+            stopped,
+            state.history,
+            state.resumed,
+        )
+
     def evaluate(self, state: _State) -> bool:
         """Score the weights now, keep them if best, checkpoint; True when they were
         the best so far."""
@@ -236,95 +253,107 @@ class _Trainer:
         return improved
 
 
+@dataclass
+class PrefixStates:
+    """The training texts' prefix states: `store` at `boundary`; `rows` maps each
+    text to its row."""
+
+    store: StateStore
+    boundary: int
+    rows: dict[str, int]
+
+
+@dataclass
+class _Batches:
+    """Mined examples as rows of the prefix store, and their teacher labels."""
+
+    queries: list[int]
+    positives: list[int]
+    negatives: list[int]
+    labels: torch.Tensor  # (n, 3, dim): query, positive, negative; normalised
+
+    @classmethod
+    def of(cls, examples: RankExamples, rows: dict[str, int]) -> _Batches:
+        labels = torch.from_numpy(examples.labels).reshape(len(examples), 3, -1)
+        return cls(
+            [rows[t] for t in examples.queries],
+            [rows[t] for t in examples.positives],
+            [rows[t] for t in examples.negatives],
+            torch.nn.functional.normalize(labels, dim=-1),
+        )
+
+    def pick(self, step: int, size: int, seed: int) -> list[int]:
+        """The examples of step `step`: its epoch's order is drawn from ``seed +
+        epoch``, so a resumed run takes the same ones."""
+        n = len(self.queries)
+        per_epoch = max(1, n // size)
+        order = list(range(n))
+        random.Random(seed + step // per_epoch).shuffle(order)
+        start = (step % per_epoch) * size
+        return order[start : start + size]
+
+    def step_inputs(self, picked: list[int]) -> tuple[list[int], list[int], torch.Tensor]:
+        """Query rows, document rows (positives then negatives) and their labels."""
+        docs = [self.positives[i] for i in picked] + [self.negatives[i] for i in picked]
+        labels = torch.cat([self.labels[picked, 0], self.labels[picked, 1], self.labels[picked, 2]])
+        return [self.queries[i] for i in picked], docs, labels
+
+
 def train_top(
     top: Top,
-    store: StateStore,
-    boundary: int,
-    rows: dict[str, int],
+    states: PrefixStates,
     examples: RankExamples,
     val: ValidationStates,
     work: Path,
+    schedule: Schedule,
     *,
-    batch_size: int,
-    lr: float,
     temperature: float,
-    seconds: float,
-    eval_steps: int,
     patience: int = 4,
-    max_epochs: float = 4.0,
-    seed: int = 42,
     progress: bool = True,
 ) -> TopResult:
     """Train `top`'s layers on the teacher's rankings of `examples`, in place.
 
     Args:
         top: The trainable part of the student.
-        store: Prefix states of the training texts at `boundary`; `rows` maps each
-            text of `examples` to its row.
+        states: Prefix states of every text of `examples`.
         examples: Mined (query, positive, negative) texts with teacher embeddings.
         val: Validation texts with their prefix states.
         work: Checkpoint folder: a killed run resumes from its last evaluation.
-        batch_size: Examples per step (each adds a query and two documents).
-        seconds: Time budget of training (validation passes included).
-        eval_steps: Steps between validation passes; `patience` passes without a
-            better score stop training.
-        max_epochs: Passes over the examples at most.
+        schedule: Learning rate, warm-up, seconds (validation passes included),
+            epochs over the examples at most, batch size (examples a step, each adds a
+            query and two documents), steps between validation passes, seed.
+        patience: Validation passes without a better score that stop training.
 
     Returns:
         The result; the student holds the weights with the best validation score
         (the initial ones if nothing beat them).
     """
-    n = len(examples)
-    per_epoch = max(1, n // batch_size)
-    planned = max(1, int(per_epoch * max_epochs))
-    optimizer = torch.optim.AdamW(top.parameters(), lr=lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(planned))
+    planned = schedule.planned(max(1, len(examples) // schedule.batch_size))
+    optimizer = torch.optim.AdamW(top.parameters(), lr=schedule.lr, weight_decay=0.01)
+    scheduler = schedule.scheduler(optimizer, planned)
     work.mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(top, store, boundary, val, optimizer, scheduler, work / "top.pt")
-    state = trainer.start()
-    labels = torch.nn.functional.normalize(
-        torch.from_numpy(examples.labels).reshape(n, 3, -1), dim=-1
+    trainer = _Trainer(
+        top, states.store, states.boundary, val, optimizer, scheduler, work / "top.pt"
     )
-    q_rows = [rows[t] for t in examples.queries]
-    p_rows = [rows[t] for t in examples.positives]
-    n_rows = [rows[t] for t in examples.negatives]
-    deadline = time.monotonic() + seconds
+    state = trainer.start()
+    batches = _Batches.of(examples, states.rows)
+    deadline = schedule.deadline()
     t0, stopped, stale = time.perf_counter(), "epochs done", 0
     bar = tqdm(
         total=planned, initial=state.step, desc="top layers vs teacher", disable=not progress
     )
     while state.step < planned:
-        order = list(range(n))  # this epoch's order: the same after a resume
-        random.Random(seed + state.step // per_epoch).shuffle(order)
-        start = (state.step % per_epoch) * batch_size
-        picked = order[start : start + batch_size]
+        picked = batches.pick(state.step, schedule.batch_size, schedule.seed)
         if len(picked) >= 2:
-            loss = trainer.step(
-                [q_rows[i] for i in picked],
-                [p_rows[i] for i in picked] + [n_rows[i] for i in picked],
-                torch.cat([labels[picked, 0], labels[picked, 1], labels[picked, 2]]),
-                temperature,
-            )
+            loss = trainer.step(*batches.step_inputs(picked), temperature)
             bar.set_postfix(loss=f"{loss:.4f}")
         state.step += 1
         bar.update(1)
         out_of_time = time.monotonic() > deadline
-        if state.step % eval_steps == 0 or out_of_time or state.step >= planned:
+        if state.step % schedule.eval_steps == 0 or out_of_time or state.step >= planned:
             stale = 0 if trainer.evaluate(state) else stale + 1
             if out_of_time or stale >= patience:
                 stopped = "time budget" if out_of_time else "early stopping"
                 break
     bar.close()
-    for layer, weights in zip(top.layers, state.best_state, strict=True):
-        layer.load_state_dict(weights)
-        layer.eval()
-    (work / "top.json").write_text(json.dumps({"best": state.best}))
-    return TopResult(
-        state.before,
-        state.best,
-        state.step,
-        time.perf_counter() - t0,
-        stopped,
-        state.history,
-        state.resumed,
-    )
+    return trainer.finish(state, stopped, time.perf_counter() - t0, work)

@@ -1,6 +1,6 @@
 """Token hidden states of a fixed list of texts at some layer boundaries, fp16 on disk.
 
-Layer-local distillation (`distill.layerwise`) trains one layer at a time on the
+Layer-local distillation (`distill.transformer.layerwise`) trains one layer at a time on the
 states an uncut model produces at the boundaries of the dropped blocks. Those states
 are computed once, by one forward pass of the uncut model over the training texts,
 and read back for every step, so no full model runs inside the training loop.
@@ -165,6 +165,37 @@ def _finish(folder: Path, arrays: dict[int, np.memmap], meta: dict[str, Any]) ->
     (folder / PROGRESS).unlink(missing_ok=True)
 
 
+@dataclass
+class _Fill:
+    """An unfinished store being written: its memory maps and where texts go."""
+
+    folder: Path
+    key: dict[str, Any]
+    backbone: Any
+    arrays: dict[int, np.memmap]
+    offsets: np.ndarray
+    lengths: np.ndarray
+    pad_id: int
+
+    def batch(self, ids: list[list[int]], rows: list[int]) -> None:
+        """Run the backbone on one batch and write its states at every boundary."""
+        input_ids, mask = pad_ids(ids, self.pad_id)
+        out = self.backbone(
+            input_ids=input_ids.to(self.backbone.device),
+            attention_mask=mask.to(self.backbone.device),
+            output_hidden_states=True,
+        )
+        for b, array in self.arrays.items():
+            scatter(array, self.offsets, self.lengths, rows, out.hidden_states[b])
+
+    def checkpoint(self, batches: int) -> None:
+        """Flush the maps, then record that `batches` batches are written."""
+        for array in self.arrays.values():
+            array.flush()
+        record = json.dumps({"key": self.key, "batches": batches})
+        atomic_write_text(self.folder / PROGRESS, record)
+
+
 def fill_store(
     folder: Path,
     model: Any,
@@ -187,11 +218,10 @@ def fill_store(
         boundaries: Layer boundaries to keep (0 = embeddings' output).
         model_hash: Identity of the model's weights, for the store's key.
     """
-    bounds = sorted(set(int(b) for b in boundaries))
     key = {
         "model_hash": model_hash,
         "window": int(model.max_seq_length),
-        "boundaries": bounds,
+        "boundaries": sorted(set(int(b) for b in boundaries)),
         "texts": texts_hash(texts),
         "n_texts": len(texts),
     }
@@ -209,28 +239,15 @@ def fill_store(
     batches = token_batches(lengths.tolist(), 64, FILL_BATCH_TOKENS)
     pad_id = int(model.tokenizer.pad_token_id or 0)
     backbone.eval()
-    bar = tqdm(
-        total=len(texts),
-        initial=sum(len(b) for b in batches[:done]),
-        desc="assistant states",
-        unit="text",
-        disable=not progress,
-    )
+    initial = sum(len(b) for b in batches[:done])
+    bar = tqdm(total=len(texts), initial=initial, desc="states", unit="text", disable=not progress)
+    fill = _Fill(folder, key, backbone, arrays, offsets, lengths, pad_id)
     with torch.inference_mode():
         for n, rows in enumerate(batches[done:], start=done):
-            input_ids, mask = pad_ids([ids[r] for r in rows], pad_id)
-            out = backbone(
-                input_ids=input_ids.to(backbone.device),
-                attention_mask=mask.to(backbone.device),
-                output_hidden_states=True,
-            )
-            for b in bounds:
-                scatter(arrays[b], offsets, lengths, rows.tolist(), out.hidden_states[b])
+            fill.batch([ids[r] for r in rows], rows.tolist())
             bar.update(len(rows))
             if (n + 1) % 16 == 0 or n + 1 == len(batches):
-                for array in arrays.values():
-                    array.flush()
-                atomic_write_text(folder / PROGRESS, json.dumps({"key": key, "batches": n + 1}))
+                fill.checkpoint(n + 1)
     bar.close()
     _finish(folder, arrays, {**key, "lengths": lengths.tolist()})
     return StateStore.open(folder)

@@ -2,7 +2,7 @@
 
 `quantize_tables` stores the embedding tables (``Gather``) in int8, weight-only, with
 onnxruntime's ``quantize_dynamic``; `write_int8` then rewrites each weight MatMul with
-`per_token_int8`, using weights rounded by `distill.gptq.round_weights`.
+`per_token_int8`, using weights rounded by `distill.compress.gptq.round_weights`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,41 @@ from typing import Any
 
 import numpy as np
 
-from distill.gptq import Rounded
+from distill.compress.gptq import Rounded
 
 __all__ = ["per_token_int8", "quantize_tables", "write_int8"]
+
+
+_CONSTS: dict[str, np.ndarray] = {
+    "pt_inv127": np.array(1 / 127, np.float32),
+    "pt_eps": np.array(1e-12, np.float32),
+    "pt_one": np.array(1.0, np.float32),
+    "pt_zero_point": np.array(128, np.uint8),
+}
+"""The constants the per-token nodes read."""
+
+
+def _quantize_activation(x: str, p: str) -> list[Any]:
+    """Nodes that quantize activation `x` per token: ``{p}/xq`` (uint8, zero point
+    128) and its scales ``{p}/scale`` (one per token)."""
+    from onnx import helper
+
+    return [
+        helper.make_node("ReduceMax", [x], [f"{p}/hi"], axes=[-1], keepdims=1),
+        helper.make_node("ReduceMin", [x], [f"{p}/lo"], axes=[-1], keepdims=1),
+        helper.make_node("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
+        helper.make_node("Max", [f"{p}/hi", f"{p}/neg_lo", "pt_eps"], [f"{p}/absmax"]),
+        helper.make_node("Mul", [f"{p}/absmax", "pt_inv127"], [f"{p}/scale"]),
+        helper.make_node("Div", [x, f"{p}/scale"], [f"{p}/scaled"]),
+        helper.make_node("QuantizeLinear", [f"{p}/scaled", "pt_one", "pt_zero_point"], [f"{p}/xq"]),
+    ]
+
+
+def _drop_unused_weights(graph: Any) -> None:
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def per_token_int8(proto: Any, rounded: Rounded, exclude: Sequence[str] = ()) -> int:
@@ -39,13 +71,7 @@ def per_token_int8(proto: Any, rounded: Rounded, exclude: Sequence[str] = ()) ->
     from onnx import helper, numpy_helper
 
     graph = proto.graph
-    consts: dict[str, np.ndarray] = {
-        "pt_inv127": np.array(1 / 127, np.float32),
-        "pt_eps": np.array(1e-12, np.float32),
-        "pt_one": np.array(1.0, np.float32),
-        "pt_zero_point": np.array(128, np.uint8),
-    }
-    added = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    added = [numpy_helper.from_array(v, k) for k, v in _CONSTS.items()]
     skip = set(exclude)
     nodes, done = [], 0
     quantized: dict[str, tuple[str, str]] = {}  # input → (its int8 tensor, its scales)
@@ -63,17 +89,7 @@ def per_token_int8(proto: Any, rounded: Rounded, exclude: Sequence[str] = ()) ->
         x, y = node.input[0], node.output[0]
         if x not in quantized:  # query, key and value projections share one input
             quantized[x] = (f"{p}/xq", f"{p}/scale")
-            nodes += [
-                helper.make_node("ReduceMax", [x], [f"{p}/hi"], axes=[-1], keepdims=1),
-                helper.make_node("ReduceMin", [x], [f"{p}/lo"], axes=[-1], keepdims=1),
-                helper.make_node("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
-                helper.make_node("Max", [f"{p}/hi", f"{p}/neg_lo", "pt_eps"], [f"{p}/absmax"]),
-                helper.make_node("Mul", [f"{p}/absmax", "pt_inv127"], [f"{p}/scale"]),
-                helper.make_node("Div", [x, f"{p}/scale"], [f"{p}/scaled"]),
-                helper.make_node(
-                    "QuantizeLinear", [f"{p}/scaled", "pt_one", "pt_zero_point"], [f"{p}/xq"]
-                ),
-            ]
+            nodes += _quantize_activation(x, p)
         xq, x_scale = quantized[x]
         nodes += [
             helper.make_node(
@@ -88,10 +104,7 @@ def per_token_int8(proto: Any, rounded: Rounded, exclude: Sequence[str] = ()) ->
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(added)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _drop_unused_weights(graph)
     if not any(op.domain == "com.microsoft" for op in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return done

@@ -17,9 +17,10 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 from sentence_transformers.sentence_transformer.losses import MSELoss
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from distill.losses import RankDistillLoss, SimilarityStructureLoss
-from distill.mining import RankExamples
 from distill.targets import fidelity
+from distill.transformer.losses import RankDistillLoss, SimilarityStructureLoss
+from distill.transformer.mining import RankExamples
+from distill.transformer.schedule import Schedule
 from search.encoder import TorchEncoder
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,10 @@ class RetrievalEvaluator(_StudentEvaluator):
 
 
 class TimeBudget(TrainerCallback):
-    """Stop training (after saving a checkpoint) once `minutes` of wall time are spent."""
+    """Stop training (after saving a checkpoint) once `seconds` of wall time are spent."""
 
-    def __init__(self, minutes: float) -> None:
-        self.deadline = time.monotonic() + 60 * minutes
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
         self.hit = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -130,41 +131,20 @@ def training_objective(
     return Dataset.from_dict({"text": texts, "label": labels.tolist()}), module
 
 
-def train_student(
-    student: SentenceTransformer,
-    train: Any,
-    loss: Any,
-    evaluator: SentenceEvaluator,
-    work: Path,
-    *,
-    epochs: float,
-    batch_size: int,
-    lr: float,
-    max_minutes: float,
-    eval_steps: int,
-    seed: int,
-) -> dict[str, Any]:
-    """Train `student` on the dataset `train` with the loss module `loss`.
-
-    Checkpoints go to ``work/``; a run interrupted at any point resumes from the last
-    one. Training stops early when the evaluator's primary metric stops improving
-    (3 evaluations) or when the time budget is spent; the best checkpoint is loaded at
-    the end.
-
-    Returns:
-        Facts of the run: steps, seconds, whether it resumed, why it stopped, the
-        evaluator's primary metric of the checkpoint kept (``best_score``) and the mean
-        training loss of each logging interval (``train_loss``).
-    """
-    steps_per_epoch = max(1, len(train) // batch_size)
-    eval_steps = max(1, min(eval_steps, steps_per_epoch))
-    metric = f"eval_{evaluator.primary_metric}"
-    args = SentenceTransformerTrainingArguments(
+def _arguments(
+    work: Path, schedule: Schedule, examples: int, metric: str
+) -> SentenceTransformerTrainingArguments:
+    """The trainer's arguments for `schedule`: checkpoints and evaluations every
+    ``eval_steps`` (at most once an epoch), the best checkpoint by `metric` kept."""
+    steps_per_epoch = max(1, examples // schedule.batch_size)
+    eval_steps = max(1, min(schedule.eval_steps, steps_per_epoch))
+    return SentenceTransformerTrainingArguments(
         output_dir=str(work),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        learning_rate=lr,
-        warmup_steps=max(1, int(0.1 * steps_per_epoch * epochs)),
+        num_train_epochs=schedule.epochs,
+        per_device_train_batch_size=schedule.batch_size,
+        learning_rate=schedule.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=schedule.warmup_steps(schedule.planned(steps_per_epoch)),
         eval_strategy="steps",
         eval_steps=eval_steps,
         save_strategy="steps",
@@ -176,11 +156,34 @@ def train_student(
         logging_steps=eval_steps,
         report_to="none",
         use_cpu=True,
-        seed=seed,
+        seed=schedule.seed,
         dataloader_drop_last=True,
         disable_tqdm=False,
     )
-    budget = TimeBudget(max_minutes)
+
+
+def train_student(
+    student: SentenceTransformer,
+    train: Any,
+    loss: Any,
+    evaluator: SentenceEvaluator,
+    work: Path,
+    schedule: Schedule,
+) -> dict[str, Any]:
+    """Train `student` on the dataset `train` with the loss module `loss`.
+
+    Checkpoints go to ``work/``; a run interrupted at any point resumes from the last
+    one. Training follows `schedule` (its warm-up, then a cosine decay) and stops early
+    when the evaluator's primary metric stops improving (3 evaluations) or when the
+    schedule's seconds are spent; the best checkpoint is loaded at the end.
+
+    Returns:
+        Facts of the run: steps, seconds, whether it resumed, why it stopped, the
+        evaluator's primary metric of the checkpoint kept (``best_score``) and the mean
+        training loss of each logging interval (``train_loss``).
+    """
+    args = _arguments(work, schedule, len(train), f"eval_{evaluator.primary_metric}")
+    budget = TimeBudget(schedule.seconds)
     trainer = SentenceTransformerTrainer(
         model=student,
         args=args,

@@ -82,18 +82,9 @@ def pool_tokens(hidden: Any, mask: Any, modes: Sequence[str]) -> Any:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
-def _sentence_graph(model: Any) -> tuple[Any, list[str], dict[str, Any]]:
-    """Wrap a loaded `SentenceTransformer` as a module mapping token tensors to unit vectors.
-
-    Returns:
-        (torch module taking the input names in order, those names, facts for the manifest).
-    """
-    import inspect
-
-    import torch
-
-    modules = list(model)
-    kinds = [type(m).__name__ for m in modules]
+def _check_modules(modules: list[Any], kinds: list[str]) -> list[str]:
+    """Raise CompressionError unless the modules are Transformer, Pooling, then heads
+    on the pooled vector that the export supports; return the pooling modes."""
     if len(modules) < 2 or kinds[0] != "Transformer" or kinds[1] != "Pooling":
         raise CompressionError(
             f"cannot export modules {kinds}: expected Transformer, Pooling, then any of "
@@ -123,6 +114,22 @@ def _sentence_graph(model: Any) -> tuple[Any, list[str], dict[str, Any]]:
         raise CompressionError(
             f"pooling mode {bad} has no ONNX export here; supported: {', '.join(POOLING_MODES)}"
         )
+    return modes
+
+
+def _sentence_graph(model: Any) -> tuple[Any, list[str], dict[str, Any]]:
+    """Wrap a loaded `SentenceTransformer` as a module mapping token tensors to unit vectors.
+
+    Returns:
+        (torch module taking the input names in order, those names, facts for the manifest).
+    """
+    import inspect
+
+    import torch
+
+    modules = list(model)
+    kinds = [type(m).__name__ for m in modules]
+    modes = _check_modules(modules, kinds)
     transformer = modules[0].auto_model
     accepted = inspect.signature(transformer.forward).parameters
     wanted = getattr(model.tokenizer, "model_input_names", list(INPUT_NAMES))
@@ -153,7 +160,7 @@ def _sentence_graph(model: Any) -> tuple[Any, list[str], dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _eager_attention(transformer: Any) -> Iterator[str]:
+def eager_attention(transformer: Any) -> Iterator[str]:
     """Trace `transformer` (a Hugging Face model) with plain matmul-softmax attention,
     restoring its own attention afterwards.
 
@@ -194,7 +201,7 @@ def _export(model: Any, path: Path, opset: int) -> dict[str, Any]:
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["sentence_embedding"] = {0: "batch"}
     with (
-        _eager_attention(graph.transformer) as attention,
+        eager_attention(graph.transformer) as attention,
         warnings.catch_warnings(),
         torch.no_grad(),
     ):
@@ -333,6 +340,29 @@ def export_onnx(
 
     t0 = time.perf_counter()
     model = SentenceTransformer(str(folder), device="cpu", local_files_only=True).eval()
+    report, window = _export_checked(model, folder, checked, opset, batch_size, min_cosine, t0)
+    _record_export(folder, report, window)
+    logger.info(
+        "exported %s: cosine %.6f, %.1f MB, %.1fx torch speed",
+        report["path"],
+        report["cosine_mean"],
+        report["size_mb"],
+        report["speedup"],
+    )
+    return report
+
+
+def _export_checked(
+    model: Any,
+    folder: Path,
+    texts: list[str],
+    opset: int,
+    batch_size: int,
+    min_cosine: float,
+    t0: float,
+) -> tuple[dict[str, Any], int]:
+    """Export into a scratch folder, compare with torch, and move the files in only
+    when they agree; return the report and the model's token window."""
     tmp = folder / ONNX_DIR / f".export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -342,7 +372,7 @@ def export_onnx(
         candidate = OnnxEncoder(folder, model_file=tmp / FP32_FILE)
         report: dict[str, Any] = {
             "path": str(folder / ONNX_DIR / FP32_FILE),
-            **compare_with_torch(model, candidate, checked, batch_size),
+            **compare_with_torch(model, candidate, texts, batch_size),
             "size_mb": round(files_mb(list(tmp.iterdir())), 1),
             "export_seconds": export_seconds,
             "opset": opset,
@@ -353,15 +383,7 @@ def export_onnx(
         _move_in(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _record_export(folder, report, int(model.max_seq_length or candidate.max_seq_length))
-    logger.info(
-        "exported %s: cosine %.6f, %.1f MB, %.1fx torch speed",
-        report["path"],
-        report["cosine_mean"],
-        report["size_mb"],
-        report["speedup"],
-    )
-    return report
+    return report, int(model.max_seq_length or candidate.max_seq_length)
 
 
 def compare_with_torch(

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.export import check_texts, cosines
-from distill.quantize import Evaluation
+from distill.compress.export import check_texts, cosines
+from distill.compress.quantize import Evaluation
 from search.assets import model_hash
 from search.atomic import staged_folder
 
@@ -121,7 +121,7 @@ def reduce_dims(
             `dim` of them), the rest measures how similarities change.
         center: Centre before PCA (see the module doc); the default keeps inner products.
         heldout: Share of `texts` kept out of the fit for the check.
-        evaluate: Optional retrieval evaluation (e.g. `distill.quantize.retrieval_metric`)
+        evaluate: Optional retrieval evaluation (e.g. `distill.compress.quantize.retrieval_metric`)
             run on the source and the reduced model with the torch backend.
         overwrite: Replace `out` when it exists.
         batch_size: Encoding batch size.

@@ -1,11 +1,11 @@
 """The training stages of `distill`, each judged by the retrieval gate.
 
 1. ``layer-local`` (cut students of a BERT-style model): each replaced block of layers
-   is trained alone against the uncut model's hidden states (`distill.layerwise`).
+   is trained alone against the uncut model's hidden states (`distill.transformer.layerwise`).
 2. ``teacher``: the student's top layers learn the teacher's rankings over cached
-   frozen-prefix states (`distill.frozen`), or, for students whose layers cannot run
+   frozen-prefix states (`distill.transformer.frozen`), or, for students whose layers cannot run
    alone (MPNet) and for the MSE losses, the whole student end to end
-   (`distill.train`).
+   (`distill.transformer.train`).
 
 A stage whose validation nDCG@10 ends below its start is reverted: the student leaves
 it with the weights it entered with.
@@ -24,21 +24,23 @@ from typing import Any
 import numpy as np
 
 from distill.config import DistillConfig, StudentSpec
-from distill.frozen import Top, ValidationStates, train_top
 from distill.gate import ValidationSet, score
-from distill.layerwise import (
+from distill.report import Stage
+from distill.targets import TargetMap
+from distill.texts import TrainingTexts
+from distill.transformer.frozen import PrefixStates, Top, ValidationStates, train_top
+from distill.transformer.layerwise import (
     boundaries,
     check_supported,
     distill_layers,
     layers_to_train,
     plan_blocks,
 )
-from distill.mining import RankExamples, mine_rank_examples
-from distill.states import StateStore, fill_store
-from distill.student import layer_subset
-from distill.targets import TargetMap
-from distill.texts import TrainingTexts
-from distill.train import (
+from distill.transformer.mining import RankExamples, mine_rank_examples
+from distill.transformer.schedule import Schedule
+from distill.transformer.states import StateStore, fill_store
+from distill.transformer.student import layer_subset
+from distill.transformer.train import (
     FidelityEvaluator,
     RetrievalEvaluator,
     train_student,
@@ -50,6 +52,10 @@ from search.evaluate import corpus_texts
 
 logger = logging.getLogger(__name__)
 
+TEACHER_STAGE_EPOCHS = 4.0
+"""Passes over the mined examples the teacher stage may make (early stopping and the
+budget usually end it sooner)."""
+
 
 @dataclass
 class Run:
@@ -57,7 +63,8 @@ class Run:
 
     Attributes:
         train, held: Training and held-out texts; `teacher_vecs` holds the teacher's
-            embeddings of ``train + held`` in that order (normalised, float32).
+            embeddings of ``train + held`` in that order (normalised, float32), and
+            `targets` the same mapped into the student's space (`tmap`).
         student_key: Identity of the untrained student's weights (store keys).
         work: Scratch and checkpoint folder of this run.
     """
@@ -68,6 +75,7 @@ class Run:
     train: list[str]
     held: list[str]
     teacher_vecs: np.ndarray
+    targets: np.ndarray
     student: Any
     student_key: str
     assistant_folder: Path | None
@@ -76,7 +84,7 @@ class Run:
     val: ValidationSet
     work: Path
     progress: bool = True
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
 
     @property
     def backbone(self) -> Any:
@@ -114,8 +122,8 @@ def _uncut_layers(run: Run) -> int:
 
 def _judge(run: Run, name: str, before: float, after: float, entry: dict[str, Any]) -> bool:
     kept = after >= before
-    entry.update(name=name, before=round(before, 4), after=round(after, 4), kept=kept)
-    run.stages.append(entry)
+    stage = Stage(name=name, before=round(before, 4), after=round(after, 4), kept=kept, **entry)
+    run.stages.append(stage)
     logger.info(
         "stage %s: validation nDCG@10 %.4f -> %.4f (%s)",
         name,
@@ -153,17 +161,21 @@ def layerwise_stage(run: Run, seconds: float, before: float) -> tuple[StateStore
     )
     del uncut
     initial = copy.deepcopy(run.student.state_dict())
+    schedule = Schedule(
+        lr=run.config.layerwise_lr,
+        seconds=max(0.0, seconds - (time.perf_counter() - t0)),
+        epochs=run.config.layerwise_epochs,
+        seed=run.config.seed,
+    )
+    train_rows = list(range(len(run.train)))
+    held_rows = list(range(len(run.train), len(texts)))
     results = distill_layers(
         run.student,
         blocks,
         store,
         run.work / "layerwise",
-        list(range(len(run.train))),
-        list(range(len(run.train), len(texts))),
-        epochs=run.config.layerwise_epochs,
-        lr=run.config.layerwise_lr,
-        seconds=max(0.0, seconds - (time.perf_counter() - t0)),
-        seed=run.config.seed,
+        (train_rows, held_rows),
+        schedule,
         progress=run.progress,
     )
     after = run.score()
@@ -220,6 +232,31 @@ def frozen_prefix(run: Run) -> int:
     return max(0, n - run.config.top_layers)
 
 
+def _prefix_states(
+    run: Run, assistant: tuple[StateStore, int] | None
+) -> tuple[int, StateStore, int, ValidationStates]:
+    """The first trained layer, the training texts' store and boundary of its input,
+    and the validation texts' states there.
+
+    The layer-local stage's store is reused when it holds that input; else the
+    student's frozen prefix runs once over the texts (`distill.transformer.states`).
+    """
+    first = frozen_prefix(run) if assistant is None else assistant[1]
+    first = min(first, len(run.backbone.encoder.layer) - 1)
+    prefix = layer_subset(run.student, tuple(range(first)), "the student") if first else None
+    key = f"{run.student_key}|prefix{first}|{run.window}"
+    if prefix is None:  # nothing frozen but the embeddings: boundary 0 of the student
+        prefix = copy.deepcopy(run.student)
+    val = _validation_states(run, prefix, key, first)
+    if assistant is not None:
+        return first, assistant[0], assistant[1], val
+    texts = run.train + run.held
+    store = fill_store(
+        states_dir(key), prefix, texts, [first], model_hash=key, progress=run.progress
+    )
+    return first, store, first, val
+
+
 def teacher_stage(
     run: Run, seconds: float, assistant: tuple[StateStore, int] | None
 ) -> dict[str, Any]:
@@ -230,44 +267,26 @@ def teacher_stage(
             the training texts when that stage trained the same layers.
     """
     t0 = time.perf_counter()
-    first = frozen_prefix(run) if assistant is None else assistant[1]
-    first = min(first, len(run.backbone.encoder.layer) - 1)
-    prefix = layer_subset(run.student, tuple(range(first)), "the student") if first else None
-    key = f"{run.student_key}|prefix{first}|{run.window}"
-    if prefix is None:  # nothing frozen but the embeddings: boundary 0 of the student
-        prefix = copy.deepcopy(run.student)
-    val = _validation_states(run, prefix, key, first)
-    if assistant is not None:
-        store, boundary = assistant
-    else:
-        store = fill_store(
-            states_dir(key),
-            prefix,
-            run.train + run.held,
-            [first],
-            model_hash=key,
-            progress=run.progress,
-        )
-        boundary = first
-    del prefix
+    first, store, boundary, val = _prefix_states(run, assistant)
     examples = _rank_examples(run)
     rows = {t: i for i, t in enumerate(run.train)}
-    top = Top(run.student, first)
     initial = copy.deepcopy(run.student.state_dict())
+    schedule = Schedule(
+        lr=run.config.lr,
+        seconds=max(0.0, seconds - (time.perf_counter() - t0)),
+        epochs=TEACHER_STAGE_EPOCHS,
+        batch_size=run.config.batch_size,
+        eval_steps=run.config.eval_steps,
+        seed=run.config.seed,
+    )
     result = train_top(
-        top,
-        store,
-        boundary,
-        rows,
+        Top(run.student, first),
+        PrefixStates(store, boundary, rows),
         examples,
         val,
         run.work / "teacher",
-        batch_size=run.config.batch_size,
-        lr=run.config.lr,
+        schedule,
         temperature=run.config.temperature,
-        seconds=max(0.0, seconds - (time.perf_counter() - t0)),
-        eval_steps=run.config.eval_steps,
-        seed=run.config.seed,
         progress=run.progress,
     )
     entry = {
@@ -281,12 +300,12 @@ def teacher_stage(
     return entry
 
 
-def end_to_end_stage(
-    run: Run, seconds: float, before: float, targets: np.ndarray, heldout: FidelityEvaluator
-) -> dict[str, Any]:
+def end_to_end_stage(run: Run, seconds: float, before: float) -> dict[str, Any]:
     """The whole student trained end to end against the teacher (sentence-transformers'
     trainer), for students whose layers cannot run alone and for the MSE losses."""
     config = run.config
+    targets = run.targets
+    heldout = FidelityEvaluator(run.held, targets[len(run.train) :])
     rank = _rank_examples(run) if config.loss == "rank" else None
     dataset, loss = training_objective(
         run.student,
@@ -304,12 +323,15 @@ def end_to_end_stage(
         loss,
         RetrievalEvaluator(run.val) if config.loss == "rank" else heldout,
         run.work / "e2e",
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        max_minutes=seconds / 60,
-        eval_steps=config.eval_steps,
-        seed=config.seed,
+        Schedule(
+            lr=config.lr,
+            seconds=seconds,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            warmup=0.1,
+            eval_steps=config.eval_steps,
+            seed=config.seed,
+        ),
     )
     info["train_examples"] = len(dataset)
     if config.loss == "rank" and info["best_score"] is not None:

@@ -3,7 +3,7 @@
 For every query-like text (train queries, generic queries, user texts, sentences of the
 corpus) the teacher ranks the training documents; the example is the query, the
 teacher's top document and one document drawn from its next `depth - 1`. The loss
-(`distill.losses.RankDistillLoss`) scores each query against every document of the
+(`distill.transformer.losses.RankDistillLoss`) scores each query against every document of the
 batch, so one batch of b examples gives each query 2b candidates, two of them hard.
 """
 
