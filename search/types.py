@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# BEIR's in-memory shapes (see beir.datasets.data_loader.GenericDataLoader).
+# BEIR's in-memory shapes, as `search.corpus.load_beir` returns them.
 Corpus = dict[str, dict[str, str]]  # doc id -> {"title": ..., "text": ...}
 Queries = dict[str, str]  # query id -> query text
 Qrels = dict[str, dict[str, int]]  # query id -> doc id -> relevance
