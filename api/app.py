@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -49,8 +51,12 @@ async def _overloaded(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _clean(value: Any) -> Any:
+    """`value` made safe to render as JSON: unpaired surrogates replaced, and numbers
+    JSON cannot hold (NaN, infinities) written as strings."""
     if isinstance(value, str):
         return clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # "NaN", "Infinity", "-Infinity"
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -60,7 +66,9 @@ def _clean(value: Any) -> Any:
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     # FastAPI's own 422, except that echoed input is made safe to encode: JSON may
-    # carry unpaired surrogates ("\ud800"), which UTF-8 cannot.
+    # carry unpaired surrogates ("\ud800"), which UTF-8 cannot, and a float that is
+    # not finite would fail the renderer (the body guard refuses those in bodies; a
+    # check may still echo one).
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     return JSONResponse({"detail": _clean(jsonable_encoder(errors))}, status_code=422)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from typing import Any
 
@@ -23,6 +25,75 @@ def _header(scope: Scope, name: bytes) -> str | None:
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media in _JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
+class _NotFinite(Exception):
+    """A number that is not finite: NaN, Infinity, or one too large for a float (1e309)."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotFinite(
+        f"{name} is not a JSON number (JSON has no NaN or Infinity); send a finite number or null",
+        name,
+    )
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(
+            f"{text[:40]} is beyond the range of a 64-bit float (it reads as infinity); "
+            "send a number between -1.7e308 and 1.7e308",
+            text[:80],
+        )
+    return value
+
+
+def _body_error(msg: str, value: str) -> list[dict[str, Any]]:
+    """A 422 detail shaped like FastAPI's own for malformed JSON."""
+    return [{"type": "json_invalid", "loc": ["body"], "msg": msg, "input": value}]
+
+
+def json_problem(text: str) -> list[dict[str, Any]] | None:
+    """Why the JSON body `text` cannot be taken, as a 422 detail; None when it can.
+
+    Python's parser takes ``NaN``, ``Infinity`` and ``-Infinity``, which standard
+    JSON (RFC 8259) does not have, and reads numbers beyond a float's range
+    (``1e309``) as infinities. Those are refused here, for every route at once: no
+    model downstream may see one, and none could be echoed in a JSON error. So are
+    a body nested too deeply to parse and an integer too long to read. Malformed
+    JSON is left to FastAPI, whose 422 gives the position of the error.
+    """
+    try:
+        json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        return _body_error(*exc.args)
+    except RecursionError:
+        return _body_error(
+            "the body nests arrays or objects too deeply to read; send flatter JSON", text[:80]
+        )
+    except json.JSONDecodeError:
+        return None
+    except ValueError:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        return _body_error(
+            "the body holds an integer too long to read (over 4300 digits); send a shorter number",
+            text[:80],
+        )
+    return None
+
+
+def _body_refusal(content_type: str, body: bytes) -> tuple[int, str | list[Any]] | None:
+    """``(status, detail)`` for a non-empty body that is not JSON (415), not UTF-8
+    (400) or not JSON a route may take (422, `json_problem`); None when it may pass."""
+    if not _is_json(content_type):
+        got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        return 415, f"send JSON with Content-Type: application/json ({got})"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return 400, f"the body is not valid UTF-8 (byte {exc.start})"
+    problem = json_problem(text)
+    return None if problem is None else (422, problem)
 
 
 class MetricsMiddleware:
@@ -67,10 +138,13 @@ class BodyGuardMiddleware:
     - over ``max_bytes`` (by Content-Length, or counted while reading): 413;
     - a Content-Length that is not a number: 400;
     - a non-empty body whose Content-Type is not JSON: 415;
-    - a JSON body that is not UTF-8: 400.
+    - a JSON body that is not UTF-8: 400;
+    - a JSON body that holds a number standard JSON cannot (``NaN``, ``Infinity``,
+      ``1e309``) or nests too deeply to parse: 422 (`json_problem`).
 
-    Each answer is JSON with a ``detail`` that says what to change. The body is read
-    once here and handed on unchanged.
+    Each answer is JSON with a ``detail`` that says what to change, and the
+    connection stays open for the client's next request. The body is read once here
+    and handed on unchanged.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -104,25 +178,10 @@ class BodyGuardMiddleware:
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
         body = b"".join(chunks)
-        if body:
-            content_type = _header(scope, b"content-type") or ""
-            if not _is_json(content_type):
-                got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
-                await self._reject(
-                    scope,
-                    receive,
-                    send,
-                    415,
-                    f"send JSON with Content-Type: application/json ({got})",
-                )
-                return
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                await self._reject(
-                    scope, receive, send, 400, f"the body is not valid UTF-8 (byte {exc.start})"
-                )
-                return
+        refusal = _body_refusal(_header(scope, b"content-type") or "", body) if body else None
+        if refusal is not None:
+            await self._reject(scope, receive, send, *refusal)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -142,5 +201,7 @@ class BodyGuardMiddleware:
         )
 
     @staticmethod
-    async def _reject(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    async def _reject(
+        scope: Scope, receive: Receive, send: Send, status: int, detail: str | list[Any]
+    ) -> None:
         await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)

@@ -14,15 +14,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.settings import Settings
-
-# At least one character that is not whitespace as Python's str.strip() sees it. The
-# class is spelled out because regex engines disagree on \s (ECMA's leaves out
-# U+001C..U+001F and U+0085, which strip() removes).
-WHITESPACE_CLASS = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-NOT_BLANK = f"[^{WHITESPACE_CLASS}]"
+from api.validation import NOT_BLANK
 
 
 def _text(schema: dict[str, Any], max_chars: int) -> None:
+    # At least one character that shows, as `api.validation.check_query` demands.
     schema.update(minLength=1, maxLength=max_chars, pattern=NOT_BLANK)
 
 

@@ -156,4 +156,9 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No API key sent."},
     403: {"model": ErrorOut, "description": "Wrong API key, or admin endpoints are off."},
     409: {"model": ErrorOut, "description": "The index could not be loaded or updated."},
+    503: {
+        "model": ErrorOut,
+        "description": "Not loaded, or overloaded; or the server's storage failed to "
+        "take the update (the index served is unchanged). See detail.",
+    },
 }

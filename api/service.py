@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,12 @@ from search.hybrid import default_mode, fuse_hits
 from search.types import DistilsearchError, Hit
 
 logger = logging.getLogger(__name__)
+
+STORAGE_FAILED = (
+    "storage failure on the server: the index folder could not be updated, and the "
+    "index served is unchanged; retry later, or ask the operator to check the server "
+    "log and the disk"
+)
 
 # Where a search request's query and k sit, for 422 error locations.
 _LOCS = {"body": (("body", "query"), ("body", "k")), "query": (("query", "q"), ("query", "k"))}
@@ -207,7 +214,9 @@ class Service:
         it) on a worker thread and serve its result. Call with `admin_lock` held.
 
         Raises:
-            HTTPException: 409 when the index cannot be updated, 400 for bad input.
+            HTTPException: 409 when the index cannot be updated, 400 for bad input, 503
+                when the server's storage fails (a file or the doc store cannot be
+                read or written); the index served stays as it was.
         """
         t0 = time.perf_counter()
         try:
@@ -216,6 +225,11 @@ class Service:
             raise HTTPException(status_code=409, detail=str(exc)) from exc
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
+        except (OSError, sqlite3.Error) as exc:
+            # A fault of the server, not of the request: the client learns that, and
+            # the log gets the paths and the traceback.
+            logger.error("update of %s failed", self.settings.index_dir, exc_info=exc)
+            raise HTTPException(status_code=503, detail=STORAGE_FAILED) from exc
         loaded = await self.reload()
         missing = result.get("missing", 0)
         return UpdateResult(

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -202,3 +208,80 @@ def small_jsonl(tmp_path: Path) -> Path:
         "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in SMALL_DOCS)
     )
     return path
+
+
+# --- `distilsearch serve` as a process ------------------------------------------------
+
+SERVE_KEY = "process-key-0123456789abcdef"
+"""The API key of every server `serving` starts."""
+START_S = 180  # a cold start imports torch: slow on a busy 2-core machine
+
+
+@dataclass
+class Server:
+    """A running `distilsearch serve` process, its base URL and its log file."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").split(":")
+        return host, int(port)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(cmd: list[str], index: Path, log: Path, **env: str) -> Iterator[Server]:
+    """`distilsearch serve --index INDEX` on a free loopback port, with the API key
+    `SERVE_KEY` and the settings in `env` (``DISTILSEARCH_*``); killed if still up."""
+    port = free_port()
+    environ = {**os.environ, "DISTILSEARCH_API_KEY": SERVE_KEY, **env}
+    args = [*cmd, "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=environ)
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+def poll_ready(server: Server, timeout: float = START_S) -> list[tuple[int, int, str]]:
+    """Ask /health and /ready every 20 ms until /ready answers 200.
+
+    Returns:
+        ``(health status, ready status, ready detail)`` of every answer; connections
+        refused before the port is bound are not listed.
+    """
+    seen: list[tuple[int, int, str]] = []
+    deadline = time.monotonic() + timeout
+    with server.client() as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                pytest.fail(f"serve exited with {server.process.returncode}:\n{server.log_text()}")
+            try:
+                health = client.get("/health").status_code
+                ready = client.get("/ready")
+            except httpx.TransportError:
+                time.sleep(0.02)
+                continue
+            seen.append((health, ready.status_code, str(ready.json().get("detail", ""))))
+            if ready.status_code == 200:
+                return seen
+            time.sleep(0.02)
+    pytest.fail(f"/ready did not answer 200 within {timeout} s:\n{server.log_text()}")

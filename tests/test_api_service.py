@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +218,44 @@ BAD_REQUESTS = [
         422,
         "\\ufffd",
     ),
+    (
+        "post",
+        "/search",
+        {"json": {"query": " \u200b\u200c\u2060\ufeff "}},
+        422,
+        "invisible characters",
+    ),
+    (
+        "post",
+        "/search",
+        {"content": b'{"query": "x", "k": NaN}', "headers": {"content-type": "application/json"}},
+        422,
+        "NaN is not a JSON number",
+    ),
+    (
+        "post",
+        "/search/batch",
+        {
+            "content": b'{"queries": ["x"], "k": -Infinity}',
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "-Infinity is not a JSON number",
+    ),
+    (
+        "post",
+        "/search",
+        {"content": b'{"query": "x", "k": 1e309}', "headers": {"content-type": "application/json"}},
+        422,
+        "1e309 is beyond the range of a 64-bit float",
+    ),
+    (
+        "post",
+        "/search",
+        {"content": b"[" * 2000 + b"]" * 2000, "headers": {"content-type": "application/json"}},
+        422,
+        "nests arrays or objects too deeply",
+    ),
     ("post", "/search", {"json": {"query": "x" * 5000}}, 413, "limit is 4096"),
     (
         "post",
@@ -229,6 +269,7 @@ BAD_REQUESTS = [
     ),
     ("get", "/search", {"params": {"q": ""}}, 422, "at least 1 character"),
     ("get", "/search", {"params": {"q": "   "}}, 422, "whitespace"),
+    ("get", "/search", {"params": {"q": "\u200b\u00ad\u2060"}}, 422, "invisible characters"),
     ("get", "/search", {"params": {"q": "x", "k": "ten"}}, 422, "valid integer"),
     ("get", "/search", {"params": {"q": "x", "k": 99}}, 422, "over the limit 5"),
     (
@@ -308,6 +349,23 @@ def test_catch_all_handler_answers_json(index_dir: Path) -> None:
         r = c.get("/boom")
     assert r.status_code == 500 and "server log" in r.json()["detail"]
     assert "secret" not in r.text
+
+
+def test_echoed_input_json_cannot_hold_is_written_as_text(index_dir: Path) -> None:
+    """A check that echoes a number JSON cannot hold still answers a JSON 422."""
+    from api.validation import invalid
+
+    app = create_app(Settings(index_dir=index_dir))
+
+    @app.get("/odd")
+    async def odd() -> None:
+        raise invalid(("query", "x"), "not a finite number", [float("nan"), float("-inf")])
+
+    with TestClient(app) as c:
+        r = c.get("/odd")
+    assert r.status_code == 422
+    (error,) = json.loads(r.text, parse_constant=lambda name: pytest.fail(name))["detail"]
+    assert error["input"] == ["NaN", "-Infinity"] and error["msg"] == "not a finite number"
 
 
 # --- admin -------------------------------------------------------------------------
@@ -453,6 +511,65 @@ def test_upsert_and_delete_are_searchable_at_once(
             assert r.status_code == 422 and fragment in json.dumps(r.json()["detail"])
 
 
+def _spoil_doc_store(idx: Path) -> None:
+    """Replace the doc store on disk with bytes SQLite cannot read. A served index keeps
+    the file it opened; a writer's copy of the folder gets these bytes."""
+    from search.index_folder import DOCSTORE_FILE
+
+    bad = idx / "garbage"
+    bad.write_bytes(b"this is not an SQLite database\n" * 256)
+    os.replace(bad, idx / DOCSTORE_FILE)
+
+
+@pytest.mark.parametrize(
+    "fault, error",
+    [
+        ("doc-store-not-a-database", "sqlite3.DatabaseError: file is not a database"),
+        ("file-name-too-long", "OSError: [Errno 36] File name too long"),
+    ],
+)
+def test_a_storage_failure_on_update_is_a_503_that_tells_no_internals(
+    tiny_index: Callable[..., Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    fault: str,
+    error: str,
+) -> None:
+    """Real faults of the index folder under the real writer (the tests may run as
+    root, whom an unwritable folder does not stop): a 503 whose detail says the
+    server's storage failed, with no path and no exception text; the exception and its
+    traceback in the server log; and the index served unchanged."""
+    from api.service import STORAGE_FAILED
+
+    idx = tiny_index(DOCS, tmp_path / "idx", bm25=True)
+    if fault == "file-name-too-long":
+        # The folder loads, but the writer's temp folder beside it, ".NAME.tmp-XXXXXXXX",
+        # is longer than a file name may be (255 bytes).
+        idx = idx.rename(idx.with_name("i" * 250))
+    auth = {"X-API-Key": KEY}
+    doc = {"id": "d9", "title": "Ferrets", "text": "Ferrets are playful mustelids."}
+    with TestClient(create_app(Settings(index_dir=idx, api_key=KEY))) as c:
+        if fault == "doc-store-not-a-database":
+            _spoil_doc_store(idx)
+        for method, url, kwargs in [
+            ("POST", "/documents", {"json": {"documents": [doc]}}),
+            ("DELETE", "/documents/d1", {}),
+        ]:
+            caplog.clear()
+            r = c.request(method, url, headers=auth, **kwargs)
+            assert r.status_code == 503, r.text
+            assert r.json() == {"detail": STORAGE_FAILED}
+            assert str(tmp_path) not in r.text and error.split(": ")[-1] not in r.text
+            (record,) = [x for x in caplog.records if x.levelname == "ERROR"]
+            assert record.exc_info and str(idx) in record.getMessage()
+            assert error in "".join(traceback.format_exception(*record.exc_info))
+        assert c.get("/ready").json()["generation"] == 1
+        assert c.get("/documents/d1").status_code == 200
+        assert c.get("/documents/d9").status_code == 404
+        found = c.post("/search", json={"query": "cats", "mode": "bm25"}).json()
+        assert ids(found)[0] == "d1"
+
+
 def test_upsert_with_onnx_encoder_stays_out_of_the_query_pool(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -552,12 +669,21 @@ def test_settings_safe_defaults_and_env(monkeypatch: pytest.MonkeyPatch, tmp_pat
         Settings(index_dir=tmp_path, api_key="short")
 
 
-def test_the_schema_pattern_matches_what_strip_removes() -> None:
+def test_the_schema_pattern_matches_the_query_check() -> None:
+    """The published pattern finds a character that shows exactly where the server's
+    check does, whitespace as strip() sees it and the zero-width characters included."""
     import re
 
     from api.openapi import NOT_BLANK
+    from api.validation import is_blank
 
     blank = re.compile(f"^(?!.*{NOT_BLANK})", re.S)
-    for code in range(0x3100):  # every whitespace character is below U+3100
+    for code in [*range(0xD800), *range(0xE000, 0x30000), *range(0xE0000, 0xE1000)]:
         ch = chr(code)
-        assert bool(blank.match(ch)) == (ch.strip() == ""), hex(code)
+        assert bool(blank.match(ch)) == is_blank(ch), hex(code)
+        if ch.strip() == "":
+            assert is_blank(ch), hex(code)
+    for invisible in "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e\u3164\ufe0f\U000e0041\x00":
+        assert is_blank(invisible) and is_blank(f" {invisible} \t"), hex(ord(invisible))
+    for shown in ("a", "\u00e9", "\u4e2d", "\U0001f600", "\u200ba", "\x00cat"):
+        assert not is_blank(shown), shown

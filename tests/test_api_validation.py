@@ -22,7 +22,15 @@ def error(exc: pytest.ExceptionInfo[RequestValidationError]) -> dict:
 
 def test_query_is_stripped_or_refused() -> None:
     assert check_query("  cats ", SETTINGS, ("body", "query")) == "cats"
-    for bad, words in ((" \t", "whitespace"), ("x" * 11, "limit is 10"), ("a\ud800", "surrogate")):
+    assert "cats" in check_query("\u200bcats\u2060", SETTINGS, ("body", "query"))  # words
+    for bad, words in (
+        (" \t", "whitespace"),
+        ("\u200b\u200c\u2060", "invisible characters"),
+        (" \u200d\ufeff\n", "invisible characters"),
+        ("\x00\u00ad", "invisible characters"),
+        ("x" * 11, "limit is 10"),
+        ("a\ud800", "surrogate"),
+    ):
         with pytest.raises(RequestValidationError) as exc:
             check_query(bad, SETTINGS, ("query", "q"))
         assert error(exc)["loc"] == ("query", "q") and words in error(exc)["msg"]
@@ -40,6 +48,9 @@ def test_batches_and_documents() -> None:
     with pytest.raises(RequestValidationError) as exc:
         check_queries(["a", "b", "c"], SETTINGS)
     assert error(exc)["loc"] == ("body", "queries")
+    with pytest.raises(RequestValidationError) as exc:
+        check_queries(["a", "\u2060"], SETTINGS)
+    assert error(exc)["loc"] == ("body", "queries", 1)
     docs = [DocumentIn(id="d1", title="", text="t")]
     assert check_documents(docs, SETTINGS) == [("d1", "", "t")]
     with pytest.raises(RequestValidationError) as exc:

@@ -6,6 +6,7 @@ DISTILSEARCH_SCREENSHOTS to a folder to keep the screenshots.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -13,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+from urllib.request import urlopen
 
 import pytest
 import uvicorn
@@ -103,6 +106,13 @@ def _screenshot(browser: Any, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def _search(base_url: str, query: str, mode: str) -> Any:
+    """The server's own answer to ``GET /search`` (k 10, as the page asks)."""
+    url = f"{base_url}/search?{urlencode({'q': query, 'mode': mode, 'k': 10})}"
+    with urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
 def _status(browser: Any, fragment: str) -> Any:
     from selenium.webdriver.common.by import By
 
@@ -114,6 +124,7 @@ def _status(browser: Any, fragment: str) -> Any:
 
 def test_search_modes_scores_and_snippets(browser: Any, base_url: str, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
 
     browser.get(base_url + "/")
     assert browser.title == "distilsearch"
@@ -141,6 +152,22 @@ def test_search_modes_scores_and_snippets(browser: Any, base_url: str, tmp_path:
     browser.find_element(By.CSS_SELECTOR, "input[value=dense]").find_element(By.XPATH, "..").click()
     _status(browser, "(dense)")
     assert len(browser.find_elements(By.CSS_SELECTOR, "li.hit")) == 6
+
+    # A query whose dense answer is known from the data: a document's own text (title
+    # and text, as it was embedded) has cosine 1 with it, and no other document does.
+    s6 = next(doc for doc in DOCS if doc[0] == "s6")
+    first = browser.find_element(By.CSS_SELECTOR, "li.hit")
+    box.clear()
+    box.send_keys(f"{s6[1]} {s6[2]}\n")
+    _wait(browser, staleness_of(first))  # the hits of "cells" were replaced
+    _status(browser, "(dense)")
+    hits = browser.find_elements(By.CSS_SELECTOR, "li.hit")
+    ids = [h.get_attribute("data-id") for h in hits]
+    assert ids[0] == "s6", ids
+    assert hits[0].find_element(By.CSS_SELECTOR, ".score-value").text == "1.0000"
+    assert float(hits[1].find_element(By.CSS_SELECTOR, ".score-value").text) < 0.999
+    served = _search(base_url, f"{s6[1]} {s6[2]}", "dense")
+    assert ids == [h["id"] for h in served["hits"]]  # the page keeps the server's order
 
 
 def test_html_in_documents_is_shown_as_text(browser: Any, base_url: str, tmp_path: Path) -> None:

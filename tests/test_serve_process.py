@@ -7,86 +7,19 @@ wait and every request loop is bounded in count and time.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import SERVE_KEY as KEY
 from conftest import SMALL_DOCS as DOCS
-
-KEY = "process-key-0123456789abcdef"
-START_S = 180  # a cold start imports torch: slow on a busy 2-core machine
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serving(cmd: list[str], index: Path, log: Path, **env: str) -> Iterator[Server]:
-    """`distilsearch serve --index INDEX` on a free loopback port; killed if still up."""
-    port = free_port()
-    environ = {**os.environ, "DISTILSEARCH_API_KEY": KEY, **env}
-    args = [*cmd, "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=environ)
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        yield server
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
-
-
-def poll_ready(server: Server, timeout: float = START_S) -> list[tuple[int, int, str]]:
-    """Ask /health and /ready every 20 ms until /ready answers 200.
-
-    Returns:
-        ``(health status, ready status, ready detail)`` of every answer; connections
-        refused before the port is bound are not listed.
-    """
-    seen: list[tuple[int, int, str]] = []
-    deadline = time.monotonic() + timeout
-    with server.client() as client:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                pytest.fail(f"serve exited with {server.process.returncode}:\n{server.log_text()}")
-            try:
-                health = client.get("/health").status_code
-                ready = client.get("/ready")
-            except httpx.TransportError:
-                time.sleep(0.02)
-                continue
-            seen.append((health, ready.status_code, str(ready.json().get("detail", ""))))
-            if ready.status_code == 200:
-                return seen
-            time.sleep(0.02)
-    pytest.fail(f"/ready did not answer 200 within {timeout} s:\n{server.log_text()}")
+from conftest import START_S, Server, poll_ready, serving
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +153,7 @@ def test_ready_waits_for_the_index_and_sigterm_lets_requests_finish(
 
         # In flight when SIGTERM comes: a request whose body is still arriving, and
         # searches in a loop on other connections.
-        host, port = running.url.removeprefix("http://").split(":")
-        slow = socket.create_connection((host, int(port)), timeout=30)
+        slow = socket.create_connection(running.address, timeout=30)
         body = b'{"query": "young cat", "k": 3}'
         slow.sendall(
             b"POST /search HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
