@@ -22,9 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from api.loaded_index import IndexHolder, loaded_index_for
 from api.metrics import Metrics
 from api.microbatch import MicroBatcher, OverloadedError
-from api.middleware import BodyGuardMiddleware, MetricsMiddleware
+from api.middleware import BodyGuardMiddleware, MetricsMiddleware, OpenAIErrorMiddleware
 from api.openapi import openapi_with_limits
-from api.routes import admin, documents, health, info, search, ui
+from api.routes import admin, documents, embeddings, health, info, search, ui
 from api.service import Service
 from api.settings import Settings
 from api.validation import clean_text
@@ -94,8 +94,10 @@ def create_app(
     Args:
         settings: Service settings.
         retriever: An already loaded retriever (tests); otherwise one is opened from
-            ``settings.index_dir`` when the app starts. A retriever passed in is not
-            closed by the app; ``/admin/reload`` still loads ``settings.index_dir``.
+            ``settings.index_dir`` when the app starts, or, when the settings name no
+            index, ``settings.model`` is loaded and served alone (``/v1/embeddings``;
+            the search routes answer 503). A retriever passed in is not closed by the
+            app; ``/admin/reload`` still loads ``settings.index_dir``.
         load_in_background: Answer requests at once and load the index on a worker
             thread (what `distilsearch serve` does): ``/health`` answers, ``/ready``
             and the routes that need the index answer 503 until it is loaded. False:
@@ -138,7 +140,8 @@ def _lifespan(
             try:
                 await _load(service, retriever)
             except Exception as exc:
-                logger.error("cannot load the index %s: %s", settings.index_dir, exc)
+                what = f"the index {settings.index_dir}" if settings.index_dir else "the model"
+                logger.error("cannot load %s: %s", what, exc)
                 service.load_error = str(exc)
                 if on_load_error is not None:
                     on_load_error(exc)
@@ -159,6 +162,7 @@ def _lifespan(
                     await loading
             service.batcher.stop()
             service.holder.swap(None)
+            service.standalone = None
             app.state.service = None
 
     return lifespan
@@ -180,7 +184,12 @@ def _new_service(settings: Settings, metrics: Metrics) -> Service:
 
 async def _load(service: Service, retriever: Retriever | None) -> None:
     """Load the index into `service`: `retriever` when given, else the settings' index
-    folder (on a worker thread)."""
+    folder (on a worker thread); without either, the settings' model, served alone."""
+    if retriever is None and service.settings.index_dir is None:
+        model = await run_in_threadpool(service.load_standalone)
+        _set_torch_threads(service.settings, model.encoder.backend)
+        service.standalone = model
+        return
     if retriever is not None:
         loaded = loaded_index_for(retriever)
     else:
@@ -192,7 +201,7 @@ async def _load(service: Service, retriever: Retriever | None) -> None:
 
 def _add_routes(app: FastAPI, settings: Settings) -> None:
     """The routers, the search page's static files and the OpenAPI schema with limits."""
-    for module in (health, search, documents, admin, info, ui):
+    for module in (health, search, embeddings, documents, admin, info, ui):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.openapi = openapi_with_limits(app, settings)  # type: ignore[method-assign]
@@ -206,8 +215,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """Body size guard, request metrics and, when origins are set, CORS."""
+    """Body size guard, OpenAI's error object on /v1/ answers, request metrics and, when
+    origins are set, CORS."""
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(OpenAIErrorMiddleware, prefix="/v1/")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -29,6 +29,7 @@ from search.types import DistilsearchError
 
 if TYPE_CHECKING:
     from api.demo import DemoResult
+    from api.settings import Settings
     from indexer.executor import Executor
     from search.embed_cache import EmbeddingCache
     from search.encoder import Encoder
@@ -124,6 +125,7 @@ INDEX_OPTIONS = (
     "work_dir",
     "ondisk",
     "bm25",
+    "vectors_out",
 )
 """The `BuildOptions` fields the ``index`` command sets."""
 
@@ -171,6 +173,8 @@ def index(
     path = _data_path(data)
     if engine not in ("local", "dask") or (engine == "dask") != (scheduler is not None):
         fail("--engine dask needs --scheduler ADDRESS, and --scheduler needs --engine dask")
+    if update and build["vectors_out"] is not None:
+        fail("--vectors-out writes the vectors of a full build; drop --update, or rebuild")
     report, on_error, read_as = ReadReport(), build["on_error"], Fields(**fields)
     try:
         budget = parse_memory(max_memory) if max_memory else None
@@ -420,7 +424,13 @@ def _print_table(reports: list[dict[str, Any]]) -> None:
 
 @app.command()
 def serve(
-    index: Annotated[Path, typer.Option(help="Index folder to serve.")],
+    index: Annotated[
+        Path | None,
+        typer.Option(
+            help="Index folder to serve; without it, --model is served alone "
+            "(POST /v1/embeddings, GET /v1/models)."
+        ),
+    ] = None,
     host: Annotated[
         str | None,
         typer.Option(help="Address to bind; default DISTILSEARCH_HOST or 127.0.0.1 (loopback)."),
@@ -429,7 +439,11 @@ def serve(
         int | None, typer.Option(help="Port; default DISTILSEARCH_PORT or 8000.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Query encoder; default: the index's model.")
+        str | None,
+        typer.Option(
+            help="Query encoder; default: the index's model. Without --index: the model "
+            "to serve alone."
+        ),
     ] = None,
     backend: Annotated[str | None, typer.Option(help="|".join(BACKENDS))] = None,
     access_log: Annotated[
@@ -437,30 +451,27 @@ def serve(
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Serve an index over HTTP: search page at /, OpenAPI docs at /docs.
+    """Serve an index over HTTP: search page at /, OpenAPI docs at /docs, and
+    OpenAI-compatible embeddings at /v1/embeddings; or, with --model and no --index,
+    the encoder alone (/v1/embeddings, /v1/models).
 
     Every other setting comes from DISTILSEARCH_* environment variables (see README),
     including DISTILSEARCH_API_KEY, which turns the admin endpoints on. The server
-    answers /health at once and /ready once the index is loaded; SIGTERM or Ctrl-C
-    lets requests in flight finish and exits 0; an index that fails to load exits 2.
+    answers /health at once and /ready once the index (or model) is loaded; SIGTERM or
+    Ctrl-C lets requests in flight finish and exits 0; one that fails to load exits 2.
     """
     _setup(verbose)
+    given = {"index_dir": index, "host": host, "port": port, "model": model, "backend": backend}
+    _serve_app(_serve_settings({k: v for k, v in given.items() if v is not None}), access_log)
+
+
+def _serve_app(settings: Settings, access_log: bool) -> None:
+    """Run the app of `settings` under uvicorn until stopped; exit 2 with one line when
+    the index (or model) fails to load."""
     import uvicorn
-    from pydantic import ValidationError
 
     from api.app import create_app
-    from api.settings import Settings
-    from search.index_folder import read_index_manifest
 
-    try:
-        read_index_manifest(index)
-    except DistilsearchError as exc:
-        fail(str(exc))
-    given: dict[str, Any] = {"host": host, "port": port, "model": model, "backend": backend}
-    try:
-        settings = Settings(index_dir=index, **{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        fail("bad setting: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
     logging.getLogger("api").setLevel(logging.INFO)
     failed: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -478,7 +489,37 @@ def serve(
     with _stops_exit_cleanly():
         server.run()
     if failed:
-        fail(f"cannot serve {index}: {failed[0]}")
+        fail(f"cannot serve {settings.index_dir or settings.model}: {failed[0]}")
+
+
+def _serve_settings(given: dict[str, Any]) -> Settings:
+    """``serve``'s settings: the options `given`, the rest from the environment; exit 2
+    with one line when they are bad, or name an index or a model that is not there
+    (checked before the slow load, which then fails only on a broken folder)."""
+    from pydantic import ValidationError
+
+    from api.settings import Settings
+    from search.assets import resolve_model
+    from search.index_folder import read_index_manifest
+
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        fail("bad setting: " + "; ".join(_setting_error(e) for e in exc.errors()))
+    try:
+        if settings.index_dir is not None:
+            read_index_manifest(settings.index_dir)
+        elif settings.model is not None:
+            resolve_model(settings.model)
+    except DistilsearchError as exc:
+        fail(str(exc))
+    return settings
+
+
+def _setting_error(error: Any) -> str:
+    """One pydantic error of `Settings` as ``field: message`` (no field: the message)."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{error['loc'][0]}: {message}" if error["loc"] else message
 
 
 @contextmanager

@@ -13,8 +13,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-from api.loaded_index import LoadedIndex, NotLoadedError
-from api.service import Service
+from api.loaded_index import LoadedIndex, LoadedModel, NotLoadedError
+from api.service import NO_INDEX, Service
 from api.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
@@ -41,7 +41,8 @@ async def get_index(service: ServiceDep) -> AsyncIterator[LoadedIndex]:
     try:
         loaded = service.holder.acquire()
     except NotLoadedError as exc:
-        raise HTTPException(status_code=503, detail=f"{exc}; retry shortly") from exc
+        detail = NO_INDEX if service.settings.index_dir is None else f"{exc}; retry shortly"
+        raise HTTPException(status_code=503, detail=detail) from exc
     try:
         yield loaded
     finally:
@@ -49,6 +50,25 @@ async def get_index(service: ServiceDep) -> AsyncIterator[LoadedIndex]:
 
 
 IndexDep = Annotated[LoadedIndex, Depends(get_index)]
+
+
+async def get_model(service: ServiceDep) -> AsyncIterator[LoadedModel]:
+    """The served model for the whole request: the one served alone, or the current
+    index's (on a lease, so a reload cannot close it)."""
+    if service.standalone is not None:
+        yield service.standalone
+        return
+    try:
+        loaded = service.holder.acquire()
+    except NotLoadedError as exc:
+        raise HTTPException(status_code=503, detail=service.not_loaded()) from exc
+    try:
+        yield loaded.model
+    finally:
+        service.holder.release(loaded)
+
+
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
 
 
 async def require_admin(

@@ -24,9 +24,11 @@ class Metrics:
         requests: HTTP requests by method, route template and status.
         latency: HTTP request seconds by method and route template.
         encode: Encoder seconds per batch.
-        batch_size: Queries per encoder batch.
+        batch_size: Queries and texts to embed per encoder batch.
         search: Search seconds by kind (``faiss`` per batch, ``bm25`` and ``fusion`` per query).
         queries: Queries answered by mode.
+        embeddings: Texts embedded by ``POST /v1/embeddings``.
+        embedding_tokens: Tokens the model read of those texts (their ``usage``).
         index_documents: Documents in the served index.
         index_generation: Generation of the served index (+1 at each reload).
     """
@@ -55,7 +57,7 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "distilsearch_encode_batch_size",
-            "Queries encoded together per micro-batch.",
+            "Queries and texts to embed encoded together per micro-batch.",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
@@ -69,6 +71,16 @@ class Metrics:
         self.queries = Counter(
             "distilsearch_queries", "Queries answered, by mode.", ["mode"], registry=r
         )
+        self.embeddings = Counter(
+            "distilsearch_embedding_inputs",
+            "Texts embedded by POST /v1/embeddings.",
+            registry=r,
+        )
+        self.embedding_tokens = Counter(
+            "distilsearch_embedding_tokens",
+            "Tokens the model read of the texts POST /v1/embeddings embedded.",
+            registry=r,
+        )
         self.index_documents = Gauge(
             "distilsearch_index_documents", "Documents in the served index.", registry=r
         )
@@ -78,11 +90,13 @@ class Metrics:
             registry=r,
         )
 
-    def observe_batch(self, size: int, encode_s: float, search_s: float) -> None:
-        """Record one micro-batch (called from the batcher's thread)."""
+    def observe_batch(self, size: int, encode_s: float, search_s: float | None) -> None:
+        """Record one micro-batch (called from the batcher's thread); `search_s` is None
+        when the batch held texts to embed only."""
         self.batch_size.observe(size)
         self.encode.observe(encode_s)
-        self.search.labels(kind="faiss").observe(search_s)
+        if search_s is not None:
+            self.search.labels(kind="faiss").observe(search_s)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -1,12 +1,13 @@
-"""Micro-batching of dense searches: many requests, one encoder call.
+"""Micro-batching of dense searches and embeddings: many requests, one encoder call.
 
-Requests put their query on a bounded queue and await a future. Each of ``workers``
-threads takes the first waiting query, then every query already queued behind it
-(up to ``max_batch``); when that found company — the service is under load — it
-waits up to ``max_wait_ms`` for more. It then encodes the batch in one encoder call
-(in sub-batches of ``encode_batch_size`` queries, which an ONNX encoder runs on all
-cores at once) and searches FAISS with all vectors at once. A lone query is never held back, so
-latency at low load is that of one-at-a-time encoding; ``max_batch=1`` turns
+Requests put their query (or, for ``/v1/embeddings``, their text) on a bounded queue
+and await a future. Each of ``workers`` threads takes the first waiting query, then
+every query already queued behind it (up to ``max_batch``); when that found company —
+the service is under load — it waits up to ``max_wait_ms`` for more. It then encodes
+the batch in one encoder call (in sub-batches of ``encode_batch_size`` queries, which
+an ONNX encoder runs on all cores at once) and searches FAISS with all the queries'
+vectors at once; a text to embed gets its vector. A lone query is never held back,
+so latency at low load is that of one-at-a-time encoding; ``max_batch=1`` turns
 batching off. The event loop never encodes.
 
 Why sub-batches of one query by default: on a CPU a transformer's cost grows with
@@ -29,7 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
+import numpy as np
 
+from search.encoder import Encoder
 from search.retriever import Retriever
 from search.types import Hit
 
@@ -57,13 +60,18 @@ class BatchTiming:
     search_ms: float
 
 
+Answer = list[Hit] | np.ndarray
+"""A search's hits, or an embedding's float32 (dim,) vector."""
+
+
 @dataclass
 class _Job:
-    retriever: Retriever
-    query: str
+    encoder: Encoder
+    retriever: Retriever | None  # None: the text's vector is the answer
+    text: str
     k: int
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[tuple[list[Hit], BatchTiming]]
+    future: asyncio.Future[tuple[Answer, BatchTiming]]
     enqueued: float
 
 
@@ -71,8 +79,8 @@ _STOP = object()
 
 
 def _resolve(
-    future: asyncio.Future[tuple[list[Hit], BatchTiming]],
-    result: tuple[list[Hit], BatchTiming] | None,
+    future: asyncio.Future[tuple[Answer, BatchTiming]],
+    result: tuple[Answer, BatchTiming] | None,
     error: BaseException | None,
 ) -> None:
     if future.done():  # the request was cancelled (client went away)
@@ -92,7 +100,8 @@ class MicroBatcher:
         max_wait_ms: Longest wait for more queries once a batch has two or more.
         max_queue: Queries that may wait; one more raises `OverloadedError`.
         on_batch: Called on the worker thread after each batch with
-            ``(size, encode seconds, search seconds)`` (metrics).
+            ``(size, encode seconds, search seconds)`` (metrics); search seconds are
+            None for a batch of texts to embed only.
         search_threads: FAISS OpenMP threads of each worker thread (OpenMP settings
             are per thread); None: FAISS's default, every core.
         workers: Threads that encode and search batches at the same time.
@@ -105,7 +114,7 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
         max_queue: int = 1024,
-        on_batch: Callable[[int, float, float], None] | None = None,
+        on_batch: Callable[[int, float, float | None], None] | None = None,
         search_threads: int | None = None,
         workers: int = 1,
         encode_batch_size: int = 1,
@@ -153,10 +162,34 @@ class MicroBatcher:
             OverloadedError: too many queries are waiting.
             RuntimeError: the batcher is not running.
         """
+        hits, timing = await self._submit(retriever.encoder, retriever, query, k)
+        assert isinstance(hits, list)
+        return hits, timing
+
+    async def embed(self, encoder: Encoder, text: str) -> tuple[np.ndarray, BatchTiming]:
+        """The vector of `text` by `encoder`, encoded in one call with the other texts
+        and queries of `encoder` waiting (``/v1/embeddings`` and dense searches batch
+        together).
+
+        Returns:
+            float32 (dim,), L2-normalised, and the batch's timing (``search_ms`` 0
+            when the batch held no search).
+
+        Raises:
+            OverloadedError: too many texts and queries are waiting.
+            RuntimeError: the batcher is not running.
+        """
+        vector, timing = await self._submit(encoder, None, text, 0)
+        assert isinstance(vector, np.ndarray)
+        return vector, timing
+
+    async def _submit(
+        self, encoder: Encoder, retriever: Retriever | None, text: str, k: int
+    ) -> tuple[Answer, BatchTiming]:
         if not self._threads:
             raise RuntimeError("the micro-batcher is not running")
         loop = asyncio.get_running_loop()
-        job = _Job(retriever, query, k, loop, loop.create_future(), time.perf_counter())
+        job = _Job(encoder, retriever, text, k, loop, loop.create_future(), time.perf_counter())
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -203,37 +236,56 @@ class MicroBatcher:
     def _process(self, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if not j.future.done()]
         groups: dict[int, list[_Job]] = {}
-        for job in jobs:  # an index swap can put two retrievers in one batch
-            groups.setdefault(id(job.retriever), []).append(job)
+        for job in jobs:  # one encoder call per encoder (an index swap may bring two)
+            groups.setdefault(id(job.encoder), []).append(job)
         for group in groups.values():
             started = time.perf_counter()
             try:
-                retriever = group[0].retriever
-                vecs = retriever.encoder.encode(
-                    [j.query for j in group], batch_size=self.encode_batch_size
-                )
-                encoded = time.perf_counter()
-                hits = retriever.search_vectors(vecs, max(j.k for j in group))
+                answers, encoded, searched = self._answer(group)
                 done = time.perf_counter()
             except Exception as exc:
                 logger.exception("batch of %d queries failed", len(group))
                 for job in group:
                     self._deliver(job, None, exc)
                 continue
+            search_s = done - encoded if searched else None
             if self._on_batch is not None:
-                self._on_batch(len(group), encoded - started, done - encoded)
-            for job, found in zip(group, hits, strict=True):
+                self._on_batch(len(group), encoded - started, search_s)
+            for job, answer in zip(group, answers, strict=True):
                 timing = BatchTiming(
                     size=len(group),
                     queue_ms=1000 * (started - job.enqueued),
                     encode_ms=1000 * (encoded - started),
-                    search_ms=1000 * (done - encoded),
+                    search_ms=1000 * (search_s or 0.0),
                 )
-                self._deliver(job, (found[: job.k], timing), None)
+                self._deliver(job, (answer, timing), None)
+
+    def _answer(self, group: list[_Job]) -> tuple[list[Answer], float, bool]:
+        """Encode the texts of `group` (one encoder) in one call, then search each
+        retriever's queries with all their vectors at once.
+
+        Returns:
+            Each job's answer (hits or its vector), when encoding ended
+            (`time.perf_counter`), and whether anything was searched.
+        """
+        vecs = group[0].encoder.encode([j.text for j in group], batch_size=self.encode_batch_size)
+        encoded = time.perf_counter()
+        answers: list[Answer] = list(vecs)
+        searches: dict[int, list[int]] = {}  # a reload may put two retrievers in a batch
+        for i, job in enumerate(group):
+            if job.retriever is not None:
+                searches.setdefault(id(job.retriever), []).append(i)
+        for rows in searches.values():
+            retriever = group[rows[0]].retriever
+            assert retriever is not None
+            found = retriever.search_vectors(vecs[rows], max(group[i].k for i in rows))
+            for i, hits in zip(rows, found, strict=True):
+                answers[i] = hits[: group[i].k]
+        return answers, encoded, bool(searches)
 
     @staticmethod
     def _deliver(
-        job: _Job, result: tuple[list[Hit], BatchTiming] | None, error: BaseException | None
+        job: _Job, result: tuple[Answer, BatchTiming] | None, error: BaseException | None
     ) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
             job.loop.call_soon_threadsafe(_resolve, job.future, result, error)

@@ -205,3 +205,69 @@ class BodyGuardMiddleware:
         scope: Scope, receive: Receive, send: Send, status: int, detail: str | list[Any]
     ) -> None:
         await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+
+
+def openai_error(status: int, detail: Any) -> dict[str, Any]:
+    """OpenAI's error object (``{"message", "type", "param", "code"}``) for an answer of
+    `status` whose ``detail`` is this server's: a string, or pydantic-shaped errors
+    (their messages joined, each after its field, ``input.1: ...``)."""
+    param = None
+    if isinstance(detail, list) and all(isinstance(e, dict) for e in detail):
+        parts = []
+        for error in detail:
+            field = ".".join(str(x) for x in error.get("loc", [])[1:])
+            param = param or field or None
+            message = str(error.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{field}: {message}" if field else message)
+        text = "; ".join(parts)
+    else:
+        text = str(detail)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"message": text, "type": kind, "param": param, "code": None}
+
+
+class OpenAIErrorMiddleware:
+    """Adds OpenAI's ``error`` object beside ``detail`` in the JSON error answers of the
+    routes under `prefix`, so that OpenAI's clients, which read ``error.message``,
+    show what is wrong. Other answers pass unchanged."""
+
+    def __init__(self, app: ASGIApp, prefix: str = "/v1/") -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and int(message["status"]) >= 400:
+                start = message  # held until the body is complete
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                await self._send_error(start, b"".join(chunks), send)
+
+        await self.app(scope, receive, send_wrapper)
+
+    @staticmethod
+    async def _send_error(start: Message, body: bytes, send: Send) -> None:
+        try:
+            content = json.loads(body)
+        except ValueError:
+            content = None
+        if isinstance(content, dict) and "detail" in content and "error" not in content:
+            content["error"] = openai_error(int(start["status"]), content["detail"])
+            body = json.dumps(content).encode("utf-8")
+            headers = [
+                (k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"
+            ]
+            start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -29,6 +29,16 @@ def _set_k(schema: dict[str, Any], max_k: int) -> None:
             branch["maximum"] = max_k
 
 
+def _set_inputs(schema: dict[str, Any], s: Settings) -> None:
+    """Limit ``/v1/embeddings``'s ``input``: a text, or a list of texts (``anyOf``)."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "string":
+            _text(branch, s.max_embedding_chars)
+        elif branch.get("type") == "array":
+            branch.update(minItems=1, maxItems=s.max_embedding_inputs)
+            _text(branch["items"], s.max_embedding_chars)
+
+
 def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
     """Write `s`'s request limits into an OpenAPI document (in place; returned)."""
     models = schema["components"]["schemas"]
@@ -39,6 +49,7 @@ def apply_limits(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
     batch["queries"]["maxItems"] = s.max_batch_queries
     _text(batch["queries"]["items"], s.max_query_chars)
     _set_k(batch["k"], s.max_k)
+    _set_inputs(models["EmbeddingsRequest"]["properties"]["input"], s)
     models["UpsertRequest"]["properties"]["documents"]["maxItems"] = s.max_upsert_docs
     doc = models["DocumentIn"]["properties"]
     doc["id"]["maxLength"] = min(doc["id"].get("maxLength", s.max_doc_chars), s.max_doc_chars)

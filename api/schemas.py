@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Mode = Literal["dense", "bm25", "hybrid"]
+EncodingFormat = Literal["float", "base64"]
 MODE_HELP = (
     "dense: embeddings; bm25: keywords; hybrid: both fused. Default: hybrid where the "
     "index has a BM25 index (GET /info says), else dense."
@@ -126,8 +127,75 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: str
-    generation: int
-    count: int
+    generation: int = Field(description="Generation of the served index; 0 without one.")
+    count: int = Field(description="Documents in the served index; 0 without one.")
+    index: bool = Field(
+        True, description="False when the server serves its encoder alone (no search)."
+    )
+
+
+def _text_only(value: Any) -> Any:
+    """Refuse OpenAI's token-id input (arrays of integers) with a message saying what to
+    send; strings and lists of strings pass to the type check."""
+    if isinstance(value, list) and any(
+        isinstance(v, list) or (isinstance(v, int) and not isinstance(v, bool)) for v in value
+    ):
+        raise ValueError(
+            "input holds token ids; this server embeds text and tokenizes it with its own "
+            "model: send a string or a list of strings"
+        )
+    return value
+
+
+class EmbeddingsRequest(_Strict):
+    """A request of OpenAI's embeddings API (``POST /v1/embeddings``)."""
+
+    input: Annotated[str | list[str], BeforeValidator(_text_only)] = Field(
+        description="A text, or a list of texts (at most max_embedding_inputs, each at most "
+        "max_embedding_chars); not empty. Token-id arrays are refused."
+    )
+    model: str = Field(description="The served model's id (GET /v1/models lists it).")
+    encoding_format: EncodingFormat = Field(
+        "float",
+        description="float: lists of numbers; base64: each vector's little-endian float32 "
+        "bytes, base64-encoded.",
+    )
+    dimensions: MaybeInt = Field(
+        None, ge=1, description="The model's dimension, if given: vectors are not shortened."
+    )
+    user: str | None = Field(None, description="Ignored (accepted as OpenAI's API does).")
+
+
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int = Field(description="Position of the text in the request's input.")
+    embedding: list[float] | str = Field(
+        description="The L2-normalised vector: numbers, or base64 of float32 bytes."
+    )
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens the model read of the input texts.")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the model folder was last written.")
+    owned_by: str = "distilsearch"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
 
 
 class Info(BaseModel):
@@ -150,6 +218,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorOut, "description": "Body too large."},
     415: {"model": ErrorOut, "description": "Body is not JSON."},
     503: {"model": ErrorOut, "description": "Not loaded, or overloaded; retry."},
+}
+EMBEDDING_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    404: {"model": ErrorOut, "description": "The model named is not the one served."},
 }
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,

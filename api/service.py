@@ -1,5 +1,6 @@
 """The search service behind the routes: dense (micro-batched), BM25 and hybrid search,
-document reads and updates, and index reloads.
+OpenAI-compatible embeddings (micro-batched with the searches), document reads and
+updates, and index reloads.
 
 Routes hand it request bodies; it checks them against the settings
 (`api.validation`), runs the work off the event loop where it blocks, and returns
@@ -9,34 +10,51 @@ response schemas.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import faiss
+import numpy as np
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from api.loaded_index import IndexHolder, LoadedIndex, load_index
+from api.embeddings import encode_vectors
+from api.loaded_index import IndexHolder, LoadedIndex, LoadedModel, load_index, load_model
 from api.metrics import Metrics
 from api.microbatch import MicroBatcher
 from api.schemas import (
     BatchSearchResponse,
     DocumentIn,
     DocumentOut,
+    EmbeddingOut,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbeddingUsage,
     HitOut,
     Info,
     Mode,
+    ModelList,
+    ModelOut,
     ReloadResult,
     SearchResponse,
     Timing,
     UpdateResult,
 )
 from api.settings import Settings
-from api.validation import check_documents, check_k, check_queries, check_query
+from api.validation import (
+    check_dimensions,
+    check_documents,
+    check_embedding_input,
+    check_k,
+    check_queries,
+    check_query,
+)
 from indexer.update import delete_documents, upsert_documents
 from search.bm25_index import bm25_hits
 from search.encoder import bulk_encoder
@@ -49,6 +67,12 @@ STORAGE_FAILED = (
     "storage failure on the server: the index folder could not be updated, and the "
     "index served is unchanged; retry later, or ask the operator to check the server "
     "log and the disk"
+)
+
+NO_INDEX = (
+    "no index is loaded: this server serves its encoder alone (started without --index), "
+    "so POST /v1/embeddings and GET /v1/models answer but search and documents do not; "
+    "to search, start it with --index INDEX_DIR"
 )
 
 # Where a search request's query and k sit, for 422 error locations.
@@ -66,6 +90,8 @@ class Service:
         metrics: This app's Prometheus metrics.
         admin_lock: Serialises reloads and document updates.
         load_error: Why the first load failed (None while loading or once loaded).
+        standalone: The model served alone, when the settings name no index (None
+            while it loads, and always with an index: the index's model is served).
     """
 
     settings: Settings
@@ -74,6 +100,24 @@ class Service:
     metrics: Metrics
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     load_error: str | None = None
+    standalone: LoadedModel | None = None
+
+    def index_dir(self) -> Path:
+        """The index folder the settings name.
+
+        Raises:
+            HTTPException: 503 when the server serves its encoder alone.
+        """
+        if self.settings.index_dir is None:
+            raise HTTPException(status_code=503, detail=NO_INDEX)
+        return self.settings.index_dir
+
+    def not_loaded(self) -> str:
+        """Why the index (or the model served alone) cannot be used yet, for a 503."""
+        what = "index" if self.settings.index_dir is not None else "model"
+        if self.load_error is not None:
+            return f"the {what} failed to load: {self.load_error}"
+        return f"the {what} is not loaded yet; retry shortly"
 
     def require_bm25(self, loaded: LoadedIndex, mode: Mode) -> None:
         if loaded.bm25 is None:
@@ -190,7 +234,7 @@ class Service:
         """
         triples = check_documents(docs, self.settings)
         encoder = bulk_encoder(loaded.retriever.encoder)
-        index_dir = self.settings.index_dir
+        index_dir = self.index_dir()
         async with self.admin_lock:
             return await self._write(
                 lambda: upsert_documents(index_dir, triples, encoder, bm25=True)
@@ -206,7 +250,7 @@ class Service:
             current = self.holder.current or loaded
             if await run_in_threadpool(current.retriever.folder.store.by_id, doc_id) is None:
                 raise HTTPException(status_code=404, detail=f"no document with id {doc_id!r}")
-            index_dir = self.settings.index_dir
+            index_dir = self.index_dir()
             return await self._write(lambda: delete_documents(index_dir, [doc_id], bm25=True))
 
     async def _write(self, work: Callable[[], dict[str, Any]]) -> UpdateResult:
@@ -268,6 +312,7 @@ class Service:
         Raises:
             HTTPException: 409 when the folder cannot be loaded (the old index stays).
         """
+        self.index_dir()
         current = self.holder.current
         s = self.settings
         try:
@@ -293,14 +338,58 @@ class Service:
         """Load the settings' index folder (blocking). With `after`, the index served
         now: its encoder is reused and the new one is its next generation."""
         s = self.settings
+        if s.index_dir is None:
+            raise DistilsearchError(NO_INDEX)
         return load_index(
             s.index_dir,
             model=s.model,
             backend=s.backend,
-            encoder=after.retriever.encoder if after is not None else None,
+            reuse=after.model if after is not None else None,
             generation=after.generation + 1 if after is not None else 1,
             threads=s.threads_per_worker(),
         )
+
+    def load_standalone(self) -> LoadedModel:
+        """Load the settings' model to serve alone, without an index (blocking)."""
+        s = self.settings
+        if s.model is None:
+            raise DistilsearchError("no model to serve: set --model (DISTILSEARCH_MODEL)")
+        return load_model(s.model, backend=s.backend, threads=s.threads_per_worker())
+
+    async def embed(self, model: LoadedModel, body: EmbeddingsRequest) -> EmbeddingsResponse:
+        """Check an embeddings request, then encode its texts (micro-batched with other
+        requests' texts and queries) and count their tokens.
+
+        Raises:
+            HTTPException: 404 when the body names another model than `model`.
+            RequestValidationError: 422 for bad input (`api.validation`).
+            OverloadedError: too many texts and queries are waiting.
+        """
+        if body.model not in model.names:
+            raise HTTPException(
+                status_code=404,
+                detail=f"model {body.model!r} is not served here; this server serves "
+                f'{model.id!r} (GET /v1/models): send "model": {json.dumps(model.id)}',
+            )
+        texts = check_embedding_input(body.input, self.settings)
+        check_dimensions(body.dimensions, model.encoder.dim, model.id)
+        counts, encoded = await asyncio.gather(
+            run_in_threadpool(model.tokens, texts),
+            asyncio.gather(*(self.batcher.embed(model.encoder, t) for t in texts)),
+        )
+        vectors = encode_vectors(np.stack([v for v, _ in encoded]), body.encoding_format)
+        tokens = sum(counts)
+        self.metrics.embeddings.inc(len(texts))
+        self.metrics.embedding_tokens.inc(tokens)
+        return EmbeddingsResponse(
+            data=[EmbeddingOut(index=i, embedding=v) for i, v in enumerate(vectors)],
+            model=model.id,
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    def models(self, model: LoadedModel) -> ModelList:
+        """The served model, as OpenAI's ``GET /v1/models`` lists models."""
+        return ModelList(data=[ModelOut(id=model.id, created=model.created)])
 
     def observe_index(self, loaded: LoadedIndex) -> None:
         self.metrics.index_documents.set(loaded.retriever.folder.count)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from search.encoder import BACKENDS
@@ -23,8 +23,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DISTILSEARCH_", extra="ignore")
 
-    index_dir: Path = Field(description="Index folder to serve.")
-    model: str | None = Field(None, description="Query encoder; default: the index's model.")
+    index_dir: Path | None = Field(
+        None,
+        description="Index folder to serve; unset: `model` is served alone, for "
+        "/v1/embeddings (the search routes answer 503).",
+    )
+    model: str | None = Field(
+        None,
+        description="Query encoder; default: the index's model. Without an index: the "
+        "model served alone.",
+    )
     backend: str = Field("auto", description="|".join(BACKENDS))
     host: str = Field("127.0.0.1", description="Address to bind; loopback unless told.")
     port: int = Field(8000, ge=0, le=65535)
@@ -37,6 +45,17 @@ class Settings(BaseSettings):
     max_upsert_docs: int = Field(1000, ge=1, description="Most documents in one POST /documents.")
     max_doc_chars: int = Field(
         100_000, ge=1, description="Longest document id, title or text accepted."
+    )
+    max_embedding_inputs: int = Field(
+        256, ge=1, description="Most texts in one POST /v1/embeddings."
+    )
+    max_embedding_chars: int = Field(
+        8192,
+        ge=1,
+        description=(
+            "Longest text POST /v1/embeddings accepts. The model reads at most its "
+            "window of tokens of it; the rest is cut, as when indexing."
+        ),
     )
 
     # Micro-batching of query encoding.
@@ -110,6 +129,15 @@ class Settings(BaseSettings):
     def threads_per_worker(self) -> int:
         """Encoder threads: ``encode_threads``, or the cores shared among the workers."""
         return self.encode_threads or max(1, cpu_count() // self.workers())
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> Settings:
+        if self.index_dir is None and self.model is None:
+            raise ValueError(
+                "nothing to serve: set index_dir (--index, DISTILSEARCH_INDEX_DIR) to serve "
+                "an index, or model (--model, DISTILSEARCH_MODEL) to serve an encoder alone"
+            )
+        return self
 
     @field_validator("api_key")
     @classmethod

@@ -156,3 +156,52 @@ def check_documents(docs: Sequence[DocumentIn], settings: Settings) -> list[tupl
                     value[:80],
                 )
     return [(d.id, d.title, d.text) for d in docs]
+
+
+def check_embedding_input(value: str | Sequence[str], settings: Settings) -> list[str]:
+    """The texts of a ``/v1/embeddings`` body's ``input`` (one string or a list of them),
+    as sent, or a 422 for the first problem: none, too many, one empty (only
+    whitespace or invisible characters), too long, or holding an unpaired surrogate."""
+    texts = [value] if isinstance(value, str) else list(value)
+    if not texts:
+        raise invalid(("body", "input"), "input is an empty list; send at least one text", [])
+    if len(texts) > settings.max_embedding_inputs:
+        raise invalid(
+            ("body", "input"),
+            f"{len(texts)} texts; the limit is {settings.max_embedding_inputs} per request "
+            "(send them in several requests)",
+            len(texts),
+        )
+    locs: list[Loc] = (
+        [("body", "input")]
+        if isinstance(value, str)
+        else [("body", "input", i) for i in range(len(texts))]
+    )
+    for text, loc in zip(texts, locs, strict=True):
+        if is_blank(text):
+            raise invalid(
+                loc,
+                "text is empty or only whitespace or invisible characters (such as "
+                "zero-width spaces); send some words",
+                text,
+            )
+        if len(text) > settings.max_embedding_chars:
+            raise invalid(
+                loc,
+                f"text is {len(text)} characters; the limit is {settings.max_embedding_chars}",
+                text[:80],
+            )
+        if has_surrogate(text):
+            raise invalid(loc, "text holds an unpaired UTF-16 surrogate; send valid Unicode", text)
+    return texts
+
+
+def check_dimensions(dimensions: int | None, dim: int, model: str) -> None:
+    """A 422 unless `dimensions` is None or `model`'s own dimension `dim`."""
+    if dimensions is not None and dimensions != dim:
+        raise invalid(
+            ("body", "dimensions"),
+            f"dimensions={dimensions}, but {model} gives {dim}-d vectors and does not "
+            f"shorten them; omit dimensions or send {dim}",
+            dimensions,
+        )

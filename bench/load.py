@@ -3,6 +3,8 @@
     python bench/load.py [--student all-MiniLM-L6-v2|PATH] [--requests 400]
                          [--levels 1,8,16,32] [--rss-requests 10000] [--teacher-docs N]
                          [--p99-ms 25] [--no-capacity]
+    python bench/load.py --scenario embeddings [--student ...] [--embed-inputs 1]
+                         [--levels 1,8,16,32] [--requests 400]
 
 Builds (once, cached under ~/.cache/distilsearch/bench) a Flat index of SciFact for
 the student and one for the teacher from the embedding cache, and starts three real
@@ -27,6 +29,12 @@ The load comes from wrk (``apt-get install wrk``; one C thread, ``bench/wrk_sear
 when it is installed, else from httpx (async Python). The client shares the
 machine's cores with the servers, and a Python client costs about as much CPU per
 request as the server does: on 2 cores httpx capped the student near 100 QPS.
+
+``--scenario embeddings`` measures the OpenAI-compatible ``POST /v1/embeddings``
+beside ``POST /search`` instead: one student server, the same SciFact test queries
+(``--embed-inputs`` of them per embeddings request), closed-loop levels in rounds
+that alternate between the two routes (httpx client); it prints latency and
+requests/s of each route and the texts/s of embeddings against the search QPS.
 
 The teacher's corpus embeddings come from the embedding cache only: with
 ``--teacher-docs cached`` (the default) the teacher index holds the documents whose
@@ -206,10 +214,45 @@ class Server:
         self._out.close()
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A POST route to load: the bodies sent (cycled) and what a good answer holds.
+
+    Attributes:
+        path: The route, e.g. ``/search``.
+        bodies: JSON bodies, sent in turn.
+        good: Whether a 200's JSON answer is complete.
+        texts: Texts the server encodes per request.
+    """
+
+    path: str
+    bodies: list[dict[str, Any]]
+    good: Callable[[dict[str, Any]], bool]
+    texts: int = 1
+
+
+def search_endpoint(queries: list[str]) -> Endpoint:
+    """``POST /search`` of each query, k=10 (dense where the index has no BM25)."""
+    bodies = [{"query": q, "k": K} for q in queries]
+    return Endpoint("/search", bodies, lambda answer: len(answer["hits"]) == K)
+
+
+def embeddings_endpoint(texts: list[str], model: str, per_request: int) -> Endpoint:
+    """``POST /v1/embeddings`` of `per_request` texts at a time, as OpenAI's client sends."""
+    batches = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
+    bodies = [{"input": b, "model": model} for b in batches if len(b) == per_request]
+
+    def good(answer: dict[str, Any]) -> bool:
+        return len(answer["data"]) == per_request and answer["usage"]["prompt_tokens"] > 0
+
+    return Endpoint("/v1/embeddings", bodies, good, texts=per_request)
+
+
 async def _drive_httpx(
-    url: str, queries: list[str], clients: int, requests: int, max_s: float
+    url: str, endpoint: Endpoint, clients: int, requests: int, max_s: float
 ) -> tuple[list[float], int, float]:
-    """Send `requests` searches from `clients` concurrent httpx clients (stop at `max_s`).
+    """Send `requests` bodies of `endpoint` from `clients` concurrent httpx clients (stop
+    at `max_s`).
 
     Returns:
         (latencies in ms of the successful requests, errors, wall seconds).
@@ -225,12 +268,12 @@ async def _drive_httpx(
         async def worker() -> None:
             nonlocal sent, errors
             while sent < requests and time.perf_counter() < deadline:
-                query = queries[sent % len(queries)]
+                body = endpoint.bodies[sent % len(endpoint.bodies)]
                 sent += 1
                 start = time.perf_counter()
                 try:
-                    r = await client.post("/search", json={"query": query, "k": K})
-                    ok = r.status_code == 200 and len(r.json()["hits"]) == K
+                    r = await client.post(endpoint.path, json=body)
+                    ok = r.status_code == 200 and endpoint.good(r.json())
                 except httpx.HTTPError:
                     ok = False
                 if ok:
@@ -290,12 +333,14 @@ def measure(
     max_s: float,
     rounds: int = 1,
     others: list[tuple[str, str]] | None = None,
+    drives: dict[str, Drive] | None = None,
 ) -> list[Level]:
     """Measure `url` (and `others`, as (name, url)) at `clients` concurrent clients.
 
-    With several servers, each level runs in `rounds` short rounds that alternate
-    between them, so load from other processes on the machine falls on all of them
-    alike and their ratio stays fair.
+    With several servers (or routes), each level runs in `rounds` short rounds that
+    alternate between them, so load from other processes on the machine falls on all
+    of them alike and their ratio stays fair. `drives` gives a target its own driver
+    by name (another route); the others use `drive`.
     """
     targets = [(server, url), *(others or [])]
     lat: dict[str, list[float]] = {name: [] for name, _ in targets}
@@ -303,7 +348,8 @@ def measure(
     wall = dict.fromkeys(lat, 0.0)
     for _ in range(rounds):
         for name, target in targets:
-            got, bad, seconds = drive(target, clients, max(1, requests // rounds), max_s / rounds)
+            run = (drives or {}).get(name, drive)
+            got, bad, seconds = run(target, clients, max(1, requests // rounds), max_s / rounds)
             lat[name] += got
             errors[name] += bad
             wall[name] += seconds
@@ -422,6 +468,92 @@ def capacity(
     return found
 
 
+def _server_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment of the servers: offline, and ``--torch-threads`` when given."""
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.torch_threads:
+        env["DISTILSEARCH_TORCH_THREADS"] = str(args.torch_threads)
+    return env
+
+
+def _httpx_drive(endpoint: Endpoint) -> Drive:
+    def drive(
+        url: str, clients: int, requests: int, max_s: float
+    ) -> tuple[list[float], int, float]:
+        return asyncio.run(_drive_httpx(url, endpoint, clients, requests, max_s))
+
+    return drive
+
+
+def embeddings_scenario(
+    args: argparse.Namespace,
+    levels: list[int],
+    docs: list[tuple[str, str, str]],
+    queries: list[str],
+) -> dict[str, Any]:
+    """``POST /v1/embeddings`` beside ``POST /search`` on one student server: at each
+    level of concurrent clients, rounds that alternate between the two routes. Prints
+    latency and requests/s of each, texts/s of embeddings and the ratio of the two, and
+    writes them to ``--json`` when given.
+
+    Returns:
+        ``{"levels": [...], "ratios": {clients: embeddings texts/s over search QPS}}``.
+    """
+    student = load_encoder(args.student)
+    index = _index("student", student, args.student, docs, args.out, cached_only=False)
+    del student
+    logs = Path(tempfile.mkdtemp(prefix="distilsearch-load-"))
+    server = Server(index, _server_env(args), logs / "student.log")
+    try:
+        model = httpx.get(server.url + "/v1/models", timeout=30).json()["data"][0]["id"]
+        embed = embeddings_endpoint(queries, model, args.embed_inputs)
+        names = ("/search", f"/v1/embeddings x{args.embed_inputs}")
+        drives = {
+            names[0]: _httpx_drive(search_endpoint(queries)),
+            names[1]: _httpx_drive(embed),
+        }
+        for name, drive in drives.items():
+            measure(name, server.url, drive, 4, WARMUP, args.max_seconds)
+        print(
+            f"{len(queries)} SciFact test queries on one server ({model}); /v1/embeddings "
+            f"embeds {args.embed_inputs} of them per request; load from httpx; "
+            f"{args.requests} requests per level and route in {args.rounds} alternating rounds"
+        )
+        header = f"{'route':<22} {'clients':>7} {'requests':>8} {'errors':>6} "
+        print(header + f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'QPS':>8}", flush=True)
+        rows: list[Level] = []
+        for clients in levels:
+            got = measure(
+                names[0], server.url, drives[names[0]], clients, args.requests,
+                args.max_seconds, args.rounds, [(names[1], server.url)], drives,
+            )  # fmt: skip
+            for row in got:
+                print(_fmt(row), flush=True)
+            rows += got
+    finally:
+        server.stop()
+    return _report_embeddings(rows, args)
+
+
+def _report_embeddings(rows: list[Level], args: argparse.Namespace) -> dict[str, Any]:
+    """Print texts/s of embeddings against search QPS per level; write ``--json``."""
+    ratios: dict[int, float] = {}
+    errors = sum(r.errors for r in rows)
+    for search, embed in zip(rows[::2], rows[1::2], strict=True):
+        texts = embed.qps * args.embed_inputs
+        ratios[search.clients] = texts / search.qps if search.qps else float("nan")
+        print(
+            f"{search.clients:>3} clients: /v1/embeddings {embed.qps:.0f} req/s = {texts:.0f} "
+            f"texts/s (p99 {embed.p99_ms:.1f} ms) vs /search {search.qps:.0f} QPS "
+            f"(p99 {search.p99_ms:.1f} ms): {ratios[search.clients]:.2f}x"
+        )
+    print(f"errors: {errors}")
+    summary = {"levels": [asdict(r) for r in rows], "ratios": ratios, "errors": errors}
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", default="all-MiniLM-L6-v2", help="model name or folder")
@@ -464,15 +596,26 @@ def main() -> None:
     parser.add_argument(
         "--capacity-precision", type=float, default=0.1, help="stop at this relative gap"
     )
+    parser.add_argument(
+        "--scenario",
+        choices=["student-teacher", "embeddings"],
+        default="student-teacher",
+        help="student-teacher: the comparison above; embeddings: POST /v1/embeddings "
+        "beside POST /search on one student server (httpx client, no capacity search)",
+    )
+    parser.add_argument(
+        "--embed-inputs", type=int, default=1, help="embeddings: texts per /v1/embeddings request"
+    )
     parser.add_argument("--out", type=Path, default=cache_dir() / "bench")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
 
     levels = [int(x) for x in args.levels.split(",") if x.strip()]  # "": no closed loop
     docs, queries = _docs(args.data)
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if args.torch_threads:
-        env["DISTILSEARCH_TORCH_THREADS"] = str(args.torch_threads)
+    env = _server_env(args)
+    if args.scenario == "embeddings":
+        embeddings_scenario(args, levels, docs, queries)
+        return
     student = load_encoder(args.student)
     s_index = _index("student", student, args.student, docs, args.out, cached_only=False)
     teacher = load_encoder(args.teacher, backend="torch")
@@ -481,6 +624,7 @@ def main() -> None:
     )
     del student, teacher
     logs = Path(tempfile.mkdtemp(prefix="distilsearch-load-"))
+    search = search_endpoint(queries)
     drive: Drive
     if args.client == "wrk":
         bodies = logs / "bodies.jsonl"
@@ -495,7 +639,7 @@ def main() -> None:
         def drive(
             url: str, clients: int, requests: int, max_s: float
         ) -> tuple[list[float], int, float]:
-            return asyncio.run(_drive_httpx(url, queries, clients, requests, max_s))
+            return asyncio.run(_drive_httpx(url, search, clients, requests, max_s))
 
     s_name = f"student ({read_index_manifest(s_index)['count']} docs)"
     t_name = f"teacher ({read_index_manifest(t_index)['count']} docs)"

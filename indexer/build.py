@@ -11,7 +11,9 @@
 3. **measure** (`measure_quality`): recall@10 against exact search is measured on a
    sample of the vectors, and search parameters are tuned to a target recall;
 4. **publish** (`publish_index`): the index is written with its manifest and the
-   folder is swapped in atomically (`indexer.publish`).
+   folder is swapped in atomically (`indexer.publish`); with
+   `BuildOptions.vectors_out`, the shards' ids and vectors are written to a Parquet
+   file first (`indexer.vectors_out`).
 
 Encoding and filling run in this process (`indexer.executor.LocalExecutor`) or on a
 Dask cluster (`indexer.dask_engine.DaskEngine`); both read and write the same shards.
@@ -55,6 +57,7 @@ from indexer.publish import (
 )
 from indexer.quality import exact_neighbours, lower_bound, measure, probe_queries, tune
 from indexer.shards import WorkDir, read_shard, shard_holds
+from indexer.vectors_out import check_vectors_path, write_vectors
 from search.corpus import ON_ERROR, ReadReport, Record, bad_record
 from search.docstore import DocStore
 from search.embed_cache import EmbeddingCache
@@ -120,11 +123,12 @@ def build_index(
     Raises:
         DataError: no documents, a duplicate id in ``fail`` mode, or `out` is not an
             index folder.
-        ValueError: bad options (unknown factory, a factory too large for the corpus).
+        ValueError: bad options (unknown factory, a factory too large for the corpus, a
+            `vectors_out` that is a folder or inside `out`).
         TypeError: a name in `settings` is not a `BuildOptions` field.
     """
     opts = replace(options or BuildOptions(), **settings)
-    _validate(opts, encoder.dim)
+    _validate(opts, encoder.dim, out)
     out = out.resolve()
     check_replaceable(out)
     t0 = time.perf_counter()
@@ -137,7 +141,7 @@ def build_index(
         save_index(built, work, ondisk=opts.ondisk)
         manifest = _manifest(encoder, opts, built, work, executor.name, encoded, search, report, t0)
         del built  # BM25 indexing and the swap do not need the index in memory
-        manifest = publish_index(work, out, manifest, bm25=opts.bm25)
+        manifest = publish_index(work, out, manifest, bm25=opts.bm25, vectors=opts.vectors_out)
         work.close(remove=True)
         logger.info(summary(manifest))
         return manifest
@@ -161,7 +165,7 @@ def _quality(
     )
 
 
-def _validate(options: BuildOptions, dim: int) -> None:
+def _validate(options: BuildOptions, dim: int, out: Path) -> None:
     if options.factory != AUTO:
         make_index(options.factory, dim)  # raises on nonsense before hours of encoding
     if options.shard_size < 1:
@@ -170,6 +174,8 @@ def _validate(options: BuildOptions, dim: int) -> None:
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {options.on_error!r}")
     if not 0 < options.target_recall <= 1:
         raise ValueError(f"target_recall must be in (0, 1], got {options.target_recall}")
+    if options.vectors_out is not None:
+        check_vectors_path(options.vectors_out, out)
 
 
 def default_work_dir(out: Path) -> Path:
@@ -515,14 +521,23 @@ def _manifest(
 
 
 def publish_index(
-    work: WorkDir, out: Path, manifest: dict[str, Any], *, bm25: bool
+    work: WorkDir,
+    out: Path,
+    manifest: dict[str, Any],
+    *,
+    bm25: bool,
+    vectors: Path | None = None,
 ) -> dict[str, Any]:
-    """Stage 4: move the saved index and the doc store into a temp folder beside `out`;
-    `indexer.publish.publish` adds the BM25 index and the manifest and swaps it in.
+    """Stage 4: with `vectors`, write the shards' ids and vectors there as Parquet
+    (`indexer.vectors_out.write_vectors`); then move the saved index and the doc
+    store into a temp folder beside `out`; `indexer.publish.publish` adds the BM25
+    index and the manifest and swaps it in.
 
     Returns:
         The manifest as written (with the files' checksums).
     """
+    if vectors is not None:  # while the doc store, which holds the ids, is in `work`
+        write_vectors(work, vectors, manifest)
     with writer_lock(out):
         check_replaceable(out)
         tmp = temp_folder(out)

@@ -42,6 +42,9 @@ class BuildOptions:
             when the folder is loaded (serving needs little RAM); ignored for other types.
         bm25: Also write the lexical index (`indexer.publish.refresh_bm25`).
         seed: Seed of the training and recall samples.
+        vectors_out: Also write every document's id and vector to this Parquet file
+            (columns id, string, and vector, fixed-size list of float32), atomically,
+            from the checkpoints when the index is published (`indexer.vectors_out`).
     """
 
     factory: str = "auto"
@@ -60,3 +63,4 @@ class BuildOptions:
     ondisk: bool = False
     bm25: bool = True
     seed: int = 0
+    vectors_out: Path | None = None

@@ -285,3 +285,21 @@ def poll_ready(server: Server, timeout: float = START_S) -> list[tuple[int, int,
                 return seen
             time.sleep(0.02)
     pytest.fail(f"/ready did not answer 200 within {timeout} s:\n{server.log_text()}")
+
+
+@contextmanager
+def serving_model(cmd: list[str], model: Path, log: Path, **env: str) -> Iterator[Server]:
+    """`distilsearch serve --model MODEL` without an index (the encoder served alone), on
+    a free loopback port with the settings in `env`; killed if still up. As `serving`."""
+    port = free_port()
+    environ = {**os.environ, **env}
+    args = [*cmd, "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=environ)
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)

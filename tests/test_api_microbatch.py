@@ -114,3 +114,43 @@ def test_bad_settings_and_not_started(retriever: Retriever) -> None:
         MicroBatcher(workers=0)
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(MicroBatcher().search(retriever, "x", 1))
+
+
+def test_texts_to_embed_share_encoder_calls_with_queries(retriever: Retriever) -> None:
+    """8 searches and 8 texts to embed, sent at once: a batch holds both (one encoder
+    call), each text gets the vector the encoder gives it alone, and a batch of texts
+    only reports no search time."""
+    calls: list[tuple[int, float | None]] = []
+    batcher = MicroBatcher(
+        max_batch=32, max_wait_ms=50, on_batch=lambda n, e, s: calls.append((n, s))
+    )
+    texts = QUERIES[8:16]
+
+    async def mixed() -> list:
+        searches = [batcher.search(retriever, q, 3) for q in QUERIES[:8]]
+        return await asyncio.gather(
+            *searches, *(batcher.embed(retriever.encoder, t) for t in texts)
+        )
+
+    async def embeds_only() -> list:
+        return await asyncio.gather(*(batcher.embed(retriever.encoder, t) for t in texts))
+
+    batcher.start()
+    try:
+        got = asyncio.run(mixed())
+        first = list(calls)
+        alone = asyncio.run(embeds_only())
+    finally:
+        batcher.stop()
+    want = retriever.encoder.encode(texts)
+    for (vector, timing), expected in zip(got[8:], want, strict=True):
+        assert vector.dtype == np.float32 and vector.shape == (retriever.encoder.dim,)
+        np.testing.assert_allclose(vector, expected, atol=1e-5)
+        assert timing.size >= 1 and timing.encode_ms > 0
+    for query, (hits, _) in zip(QUERIES[:8], got[:8], strict=True):
+        assert [h.id for h in hits] == [h.id for h in retriever.search(query, 3)]
+    assert sum(n for n, _ in first) == 16
+    assert any(n > 8 and s is not None for n, s in first), first  # queries and texts together
+    for (vector, _), expected in zip(alone, want, strict=True):
+        np.testing.assert_allclose(vector, expected, atol=1e-5)
+    assert all(s is None for _, s in calls[len(first) :]), calls

@@ -174,3 +174,29 @@ def test_cpu_per_request_and_level_size(toy: Toy) -> None:
     assert level_size(50, seconds=10, min_requests=200, max_requests=3000) == 500
     assert level_size(10, seconds=10, min_requests=200, max_requests=3000) == 200
     assert level_size(2, seconds=10, min_requests=200, max_requests=3000) == 60
+
+
+def test_embeddings_scenario_runs_on_a_tiny_setting(
+    tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    """`bench/load.py --scenario embeddings` end to end on the tiny model and a slice of
+    SciFact, a few requests per level: both routes answer every request."""
+    import json
+    import subprocess
+
+    out = tmp_path / "load.json"
+    args = [
+        sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "load.py"),
+        "--scenario", "embeddings", "--student", str(tiny_model), "--data", str(scifact_slice),
+        "--levels", "1,2", "--requests", "8", "--rounds", "2", "--embed-inputs", "2",
+        "--max-seconds", "30", "--out", str(tmp_path / "cache"), "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    got = json.loads(out.read_text())
+    routes = [(r["server"], r["clients"]) for r in got["levels"]]
+    assert routes == [
+        ("/search", 1), ("/v1/embeddings x2", 1), ("/search", 2), ("/v1/embeddings x2", 2)
+    ]  # fmt: skip
+    assert got["errors"] == 0 and all(r["requests"] == 8 and r["qps"] > 0 for r in got["levels"])
+    assert set(got["ratios"]) == {"1", "2"} and "texts/s" in done.stdout

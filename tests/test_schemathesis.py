@@ -39,6 +39,7 @@ NO_INVALID_REQUEST = {
     "GET /ready": "no parameters and no body",
     "GET /info": "no parameters and no body",
     "GET /metrics": "no parameters and no body",
+    "GET /v1/models": "no parameters and no body",
     "GET /documents/{doc_id}": "its only input, the id in the path, may be any string",
 }
 DOCS = [

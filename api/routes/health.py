@@ -18,12 +18,11 @@ async def health() -> Health:
 
 @router.get("/ready", response_model=Ready, responses={503: ERRORS[503]})
 async def ready(service: ServiceDep) -> Ready:
-    """The model and the index are loaded: searches will be answered."""
+    """The model and the index are loaded: searches will be answered. A server of an
+    encoder alone is ready once the model is loaded (``index`` is false)."""
+    if service.standalone is not None:
+        return Ready(status="ready", generation=0, count=0, index=False)
     loaded = service.holder.current
-    if loaded is None and service.load_error is not None:
-        raise HTTPException(
-            status_code=503, detail=f"the index failed to load: {service.load_error}"
-        )
     if loaded is None:
-        raise HTTPException(status_code=503, detail="the index is not loaded yet; retry shortly")
+        raise HTTPException(status_code=503, detail=service.not_loaded())
     return Ready(status="ready", generation=loaded.generation, count=loaded.retriever.folder.count)
