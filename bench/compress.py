@@ -1,8 +1,9 @@
 """Compression of one encoder — ONNX, int8, fewer dimensions — measured in one run.
 
     python bench/compress.py [--model all-MiniLM-L6-v2|PATH] [--dims 256,128]
-        [--queries 50] [--corpus 300] [--speed-docs 256] [--out bench/out/compress.json]
+        [--queries 50] [--corpus 300] [--speed-docs 256] [--out bench/out/compress]
     python bench/compress.py --model all-mpnet-base-v2 --int8-only --check-texts 32
+        [--out bench/out/compress-int8]
 
 The model folder is copied into the cache first (nothing is written beside installed
 models). Check texts (export/quantize cosine, PCA fit) are SciFact documents outside
@@ -11,6 +12,11 @@ on a slice of SciFact *test* (the first `--queries` judged queries, their releva
 documents plus others up to `--corpus` documents), used for evaluation only. Speed:
 docs/s over the first `--speed-docs` corpus documents (batch 32) and the median
 milliseconds of one query at a time, on the same texts for every variant.
+
+Writes ``results.json`` (the rows, the PCA rows and every export, int8 and PCA
+report, with the run's provenance: command, commit, date, machine and whether it was
+idle) and ``table.md`` into ``--out``; ``--int8-only`` writes the export and int8
+reports.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from provenance import Provenance, write
 
 from distill.compress.dims import reduce_dims
 from distill.compress.export import export_onnx, files_mb, onnx_files
@@ -39,6 +46,7 @@ from search.onnx_encoder import FP32_FILE, INT8_FILE, OnnxEncoder
 from search.types import Corpus, Qrels, Queries
 
 DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) / "scifact"
+OUT = Path(__file__).resolve().parent / "out"
 
 
 def eval_slice(
@@ -94,12 +102,21 @@ class Memo:
         return float(self.seen[key])
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys as a Markdown table, the keys as its header."""
     header = list(rows[0])
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(row[h]) for h in header) + " |")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def heading(what: str, record: dict[str, Any]) -> str:
+    """The first line of ``table.md``: what was measured and its provenance."""
+    return (
+        f"{what}; `{record['command']}`; commit {record['commit']}, {record['date']}; "
+        f"machine {'idle' if record['idle'] else 'NOT idle'} "
+        f"(others' CPU share {record['others_cpu_share']})"
+    )
 
 
 def fresh_copy(model: str, work: Path) -> Path:
@@ -114,13 +131,17 @@ def torch_mb(folder: Path) -> float:
     return files_mb([p for p in folder.rglob("*") if p.suffix in {".safetensors", ".bin"}])
 
 
-def int8_only(args: argparse.Namespace, work: Path) -> None:
+def int8_only(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Export and quantize `args.model` on check texts; print and return both reports."""
     folder = fresh_copy(args.model, work)
     corpus, _, _ = load_beir(args.data)
     texts = check_texts(args.data, corpus, set(), args.check_texts, 0)
     texts = [t[: args.max_chars] for t in texts]
-    print(json.dumps({"export": export_onnx(folder, texts)}, indent=1), flush=True)
-    print(json.dumps({"int8": quantize_int8(folder, texts)}, indent=1), flush=True)
+    reports = {"export": export_onnx(folder, texts)}
+    print(json.dumps({"export": reports["export"]}, indent=1), flush=True)
+    reports["int8"] = quantize_int8(folder, texts)
+    print(json.dumps({"int8": reports["int8"]}, indent=1), flush=True)
+    return reports
 
 
 def main() -> None:
@@ -137,12 +158,27 @@ def main() -> None:
     parser.add_argument("--int8-only", action="store_true", help="export + int8 search only")
     parser.add_argument("--max-chars", type=int, default=600, help="--int8-only text cut")
     parser.add_argument("--work", type=Path, default=cache_dir() / "bench-compress")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default bench/out/compress, or bench/out/compress-int8)",
+    )
     args = parser.parse_args()
+    prov = Provenance()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
+    results_dir = args.out or OUT / ("compress-int8" if args.int8_only else "compress")
     if args.int8_only:
-        int8_only(args, args.work)
+        reports = int8_only(args, args.work)
+        record = prov.finish()
+        write(results_dir, "results.json", {"provenance": record, "model": args.model, **reports})
+        int8 = {k: v for k, v in reports["int8"].items() if not isinstance(v, (dict, list))}
+        table = markdown_table([int8]) if int8 else ""
+        (results_dir / "table.md").write_text(
+            heading(f"{args.model}, export + int8", record) + "\n\n" + table + "\n"
+        )
+        print(f"wrote {results_dir}/results.json, table.md")
         return
 
     corpus, queries, qrels = load_beir(args.data)
@@ -208,16 +244,22 @@ def main() -> None:
                 "size_mb": round(size, 1),
             }
         )
-    print(f"\n{args.model} on SciFact test slice: {len(s_queries)} queries, {len(s_corpus)} docs;")
-    print(f"speed over {len(docs)} docs, {os.cpu_count()} cores\n")
-    print_table(rows)
+    setting = f"{args.model} on SciFact test slice: {len(s_queries)} queries, {len(s_corpus)} docs"
+    speed_setting = f"speed over {len(docs)} docs, {os.cpu_count()} cores"
+    print(f"\n{setting};\n{speed_setting}\n")
+    tables = [markdown_table(rows)]
+    print(tables[0])
     if pca_rows:
-        print("\nPCA reductions (similarity kept on held-out check texts, nDCG with torch):\n")
-        print_table(pca_rows)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        result = {"rows": rows, "pca": pca_rows, "reports": reports}
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        pca_title = "PCA reductions (similarity kept on held-out check texts, nDCG with torch):"
+        print(f"\n{pca_title}\n")
+        tables += [pca_title, markdown_table(pca_rows)]
+        print(tables[-1])
+    record = prov.finish()
+    result = {"provenance": record, "model": args.model, "rows": rows, "pca": pca_rows}
+    write(results_dir, "results.json", {**result, "reports": reports})
+    top = heading(f"{setting}; {speed_setting}", record)
+    (results_dir / "table.md").write_text("\n\n".join([top, *tables]) + "\n")
+    print(f"wrote {results_dir}/results.json, table.md")
 
 
 if __name__ == "__main__":

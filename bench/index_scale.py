@@ -1,6 +1,7 @@
 """Index types at scale: build time, peak RSS, size, query latency and recall@10.
 
     python bench/index_scale.py [--n 1000000] [--dim 384] [--memory 4GB] [--factories ...]
+        [--work DIR] [--out bench/out/index-scale]
 
 Writes `n` clustered synthetic vectors (normalised, see `Topics`) as
 checkpoint shards, then for each candidate factory, in a fresh process each, runs
@@ -10,13 +11,17 @@ fresh process loads it and answers held-out queries. Recall@10 is measured again
 exact search over all vectors for a few hundred queries. Peak RSS is the process's
 high-water mark (``VmHWM``); query latency is one query at a time on one thread.
 
-Prints a table; the auto choice for the memory budget is marked with ``*``.
+Prints a table; the auto choice for the memory budget is marked with ``*``. Writes
+``results.json`` (every row, with the run's provenance: command, commit, date, machine
+and whether it was idle) and ``table.md`` into ``--out``. ``--work`` keeps the vectors
+between runs, so the candidates can be measured in several shorter runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -27,6 +32,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from provenance import Provenance, write
 
 from indexer.build import assemble, measure_quality
 from indexer.factory import choose_factory, ivf_lists, parse_memory
@@ -36,6 +42,7 @@ from search.index_folder import make_search_params
 
 SHARD = 50_000
 K = 10
+OUT = Path(__file__).resolve().parent / "out" / "index-scale"
 
 
 def _job(n: int, dim: int) -> dict[str, Any]:
@@ -157,6 +164,7 @@ def main() -> None:
     parser.add_argument("--child-serve", help=argparse.SUPPRESS)
     parser.add_argument("--index-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=OUT, help="results folder")
     args = parser.parse_args()
     if args.child_build:
         out = child_build(args.work, args.child_build, args.n, args.dim, args.index_file)
@@ -166,6 +174,7 @@ def main() -> None:
         print(json.dumps(child_serve(args.work, args.index_file, json.loads(args.params))))
         return
 
+    prov = Provenance()
     work = args.work or Path(tempfile.mkdtemp(prefix="index-scale-"))
     budget = parse_memory(args.memory)
     auto = choose_factory(args.n, args.dim, budget)
@@ -186,6 +195,44 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     _print_table(rows, auto, budget, args.n)
+    record = prov.finish()
+    settings = {
+        "n": args.n,
+        "dim": args.dim,
+        "queries": args.queries,
+        "memory": args.memory,
+        "auto": auto,
+        "threads": {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")},
+    }
+    write(args.out, "results.json", {"provenance": record, "settings": settings, "rows": rows})
+    heading = (
+        f"{args.n} x {args.dim} vectors, auto choice for {budget / 1e9:.1f} GB in bold; "
+        f"`{record['command']}`; commit {record['commit']}, {record['date']}; "
+        f"machine {'idle' if record['idle'] else 'NOT idle'} "
+        f"(others' CPU share {record['others_cpu_share']})"
+    )
+    (args.out / "table.md").write_text(heading + "\n\n" + _markdown(rows, auto) + "\n")
+    print(f"wrote {args.out}/results.json, table.md")
+
+
+def _markdown(rows: list[dict[str, Any]], auto: str) -> str:
+    """The rows as the Markdown table of docs/indexing.md; failed builds say why."""
+    lines = [
+        "| factory | build s | build peak RSS MiB | serve RSS MiB | index MB | query ms "
+        "| recall@10 | tuned params |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        name = f"**{r['factory']}** (auto)" if r["factory"] == auto else r["factory"]
+        if "error" in r or "recall" not in r:
+            lines.append(f"| {name} | failed: {r.get('error', '?')} |||||||")
+            continue
+        params = ", ".join(f"{k}={v:g}" for k, v in r["params"].items())
+        lines.append(
+            f"| {name} | {r['build_s']:.0f} | {r['build_rss_mib']:.0f} | {r['serve_rss_mib']:.0f}"
+            f" | {r['index_mb']:.0f} | {r['query_ms']:.2f} | {r['recall']:.3f} | {params} |"
+        )
+    return "\n".join(lines)
 
 
 def _print_table(rows: list[dict[str, Any]], auto: str, budget: int, n: int) -> None:

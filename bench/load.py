@@ -2,20 +2,20 @@
 
     python bench/load.py [--student all-MiniLM-L6-v2|PATH] [--requests 400]
                          [--levels 1,8,16,32] [--rss-requests 10000] [--teacher-docs N]
-                         [--p99-ms 25] [--no-capacity]
+                         [--p99-ms 25] [--no-capacity] [--out bench/out/load]
     python bench/load.py --scenario embeddings [--student ...] [--embed-inputs 1]
-                         [--levels 1,8,16,32] [--requests 400]
+                         [--levels 1,8,16,32] [--requests 400] [--out bench/out/load-embeddings]
 
-Builds (once, cached under ~/.cache/distilsearch/bench) a Flat index of SciFact for
-the student and one for the teacher from the embedding cache, and starts three real
-servers (`distilsearch serve`, uvicorn on 127.0.0.1, free ports): the student, the
-student with one-at-a-time encoding (``DISTILSEARCH_BATCH_MAX_SIZE=1``) and the
-teacher. Each concurrency level drives them with SciFact test queries over HTTP in
-short rounds that alternate between the servers, so load from
-other processes falls on all of them alike: a bounded number of requests, bounded in
-time too. Prints p50/p95/p99 latency, QPS and errors per level and server; student
-QPS over teacher QPS; the gain of micro-batching; and the student's RSS before and
-after ``--rss-requests`` more requests.
+Builds (once, kept under ``--index-cache``, default ~/.cache/distilsearch/bench) a Flat
+index of SciFact for the student and one for the teacher from the embedding cache, and
+starts three real servers (`distilsearch serve`, uvicorn on 127.0.0.1, free ports): the
+student, the student with one-at-a-time encoding (``DISTILSEARCH_BATCH_MAX_SIZE=1``)
+and the teacher. Each concurrency level drives them with SciFact test queries over
+HTTP in short rounds that alternate between the servers, so load from other processes
+falls on all of them alike: a bounded number of requests, bounded in time too. Prints
+p50/p95/p99 latency, QPS and errors per level and server; student QPS over teacher
+QPS; the gain of micro-batching; and the student's RSS before and after
+``--rss-requests`` more requests.
 
 Then the capacity at a latency bound, for the student and the teacher in alternating
 levels: the highest request rate at fixed arrival times (open loop,
@@ -40,6 +40,11 @@ The teacher's corpus embeddings come from the embedding cache only: with
 ``--teacher-docs cached`` (the default) the teacher index holds the documents whose
 embeddings are cached, so this script never encodes the corpus with the teacher.
 Query encoding, the thing measured, is the same either way.
+
+Writes ``results.json`` (every level, the ratios, the capacity search, the RSS, and
+the run's provenance: command, commit, date, machine and whether it was idle) and
+``table.md`` into ``--out`` (default ``bench/out/load``, or ``bench/out/load-embeddings``
+for ``--scenario embeddings``).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from bench.open_loop import (
     level_size,
     run_open_loop,
 )
+from bench.provenance import Provenance, write
 from indexer.build import build_index
 from search.assets import cache_dir, embeddings_dir, resolve_model
 from search.corpus import load_beir
@@ -83,6 +89,7 @@ DEFAULT_DATA = Path(os.environ.get("DISTILSEARCH_DATA", "../shared/data/beir")) 
 READY_TIMEOUT_S = 600
 WRK = shutil.which("wrk") or "wrk"
 WRK_SCRIPT = Path(__file__).with_name("wrk_search.lua")
+OUT = Path(__file__).resolve().parent / "out"
 WARMUP = 32
 K = 10
 
@@ -493,14 +500,14 @@ def embeddings_scenario(
 ) -> dict[str, Any]:
     """``POST /v1/embeddings`` beside ``POST /search`` on one student server: at each
     level of concurrent clients, rounds that alternate between the two routes. Prints
-    latency and requests/s of each, texts/s of embeddings and the ratio of the two, and
-    writes them to ``--json`` when given.
+    latency and requests/s of each, texts/s of embeddings and the ratio of the two.
 
     Returns:
-        ``{"levels": [...], "ratios": {clients: embeddings texts/s over search QPS}}``.
+        ``{"levels": [...], "ratios": {clients: embeddings texts/s over search QPS},
+        "errors": n}``.
     """
     student = load_encoder(args.student)
-    index = _index("student", student, args.student, docs, args.out, cached_only=False)
+    index = _index("student", student, args.student, docs, args.index_cache, cached_only=False)
     del student
     logs = Path(tempfile.mkdtemp(prefix="distilsearch-load-"))
     server = Server(index, _server_env(args), logs / "student.log")
@@ -536,7 +543,7 @@ def embeddings_scenario(
 
 
 def _report_embeddings(rows: list[Level], args: argparse.Namespace) -> dict[str, Any]:
-    """Print texts/s of embeddings against search QPS per level; write ``--json``."""
+    """Print texts/s of embeddings against search QPS per level."""
     ratios: dict[int, float] = {}
     errors = sum(r.errors for r in rows)
     for search, embed in zip(rows[::2], rows[1::2], strict=True):
@@ -548,80 +555,32 @@ def _report_embeddings(rows: list[Level], args: argparse.Namespace) -> dict[str,
             f"(p99 {search.p99_ms:.1f} ms): {ratios[search.clients]:.2f}x"
         )
     print(f"errors: {errors}")
-    summary = {"levels": [asdict(r) for r in rows], "ratios": ratios, "errors": errors}
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return {"levels": [asdict(r) for r in rows], "ratios": ratios, "errors": errors}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", default="all-MiniLM-L6-v2", help="model name or folder")
-    parser.add_argument("--teacher", default="all-mpnet-base-v2")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--requests", type=int, default=400, help="requests per level")
-    parser.add_argument("--levels", default="1,8,16,32", help="concurrent clients")
-    parser.add_argument(
-        "--max-seconds", type=float, default=60.0, help="time cap per level and server"
-    )
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per level")
-    parser.add_argument("--rss-seconds", type=float, default=900.0, help="time cap of the RSS run")
-    parser.add_argument("--rss-requests", type=int, default=10_000)
-    parser.add_argument(
-        "--teacher-docs", default="cached", help="cached: only cached embeddings; all"
-    )
-    parser.add_argument("--torch-threads", type=int, default=None)
-    parser.add_argument(
-        "--client",
-        choices=["wrk", "httpx"],
-        default="wrk" if shutil.which("wrk") else "httpx",
-        help="load generator: wrk (C, light; apt-get install wrk) or httpx (Python)",
-    )
-    parser.add_argument(
-        "--capacity",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="search the open-loop capacity of student and teacher at --p99-ms",
-    )
-    parser.add_argument("--p99-ms", type=float, default=25.0, help="capacity: latency bound")
-    parser.add_argument(
-        "--level-seconds", type=float, default=10.0, help="capacity: seconds of load per level"
-    )
-    parser.add_argument("--level-requests", type=int, default=3000, help="capacity: most per level")
-    parser.add_argument(
-        "--level-min-requests", type=int, default=200, help="capacity: fewest per level (p99)"
-    )
-    parser.add_argument("--drain-seconds", type=float, default=5.0, help="capacity: answer wait")
-    parser.add_argument("--capacity-start", type=float, default=8.0, help="first rate, req/s")
-    parser.add_argument(
-        "--capacity-precision", type=float, default=0.1, help="stop at this relative gap"
-    )
-    parser.add_argument(
-        "--scenario",
-        choices=["student-teacher", "embeddings"],
-        default="student-teacher",
-        help="student-teacher: the comparison above; embeddings: POST /v1/embeddings "
-        "beside POST /search on one student server (httpx client, no capacity search)",
-    )
-    parser.add_argument(
-        "--embed-inputs", type=int, default=1, help="embeddings: texts per /v1/embeddings request"
-    )
-    parser.add_argument("--out", type=Path, default=cache_dir() / "bench")
-    parser.add_argument("--json", type=Path, default=None, help="also write results here")
-    args = parser.parse_args()
+def student_teacher(
+    args: argparse.Namespace,
+    levels: list[int],
+    docs: list[tuple[str, str, str]],
+    queries: list[str],
+) -> dict[str, Any]:
+    """The student, the student without micro-batching and the teacher, each a server:
+    closed-loop levels, then the capacity search, then the student's RSS over more
+    requests. Prints each level as it is measured and the ratios at the end.
 
-    levels = [int(x) for x in args.levels.split(",") if x.strip()]  # "": no closed loop
-    docs, queries = _docs(args.data)
+    Returns:
+        ``levels`` (every server and level), ``rss``, ``capacity`` (per server, see
+        `capacity`), ``capacity_ratio``, ``qps_ratio_N`` and ``batching_gain_N`` per
+        level of N clients, and ``errors``.
+    """
     env = _server_env(args)
-    if args.scenario == "embeddings":
-        embeddings_scenario(args, levels, docs, queries)
-        return
     student = load_encoder(args.student)
-    s_index = _index("student", student, args.student, docs, args.out, cached_only=False)
+    s_index = _index("student", student, args.student, docs, args.index_cache, cached_only=False)
     teacher = load_encoder(args.teacher, backend="torch")
     t_index = _index(
-        "teacher", teacher, args.teacher, docs, args.out, cached_only=args.teacher_docs == "cached"
-    )
+        "teacher", teacher, args.teacher, docs, args.index_cache,
+        cached_only=args.teacher_docs == "cached",
+    )  # fmt: skip
     del student, teacher
     logs = Path(tempfile.mkdtemp(prefix="distilsearch-load-"))
     search = search_endpoint(queries)
@@ -696,7 +655,8 @@ def main() -> None:
     finally:
         for server in servers.values():
             server.stop()
-    summary: dict[str, Any] = {"rss": rss, "capacity": found}
+    dumped = [asdict(r) for r in (*s_rows, *o_rows, *t_rows)]
+    summary: dict[str, Any] = {"levels": dumped, "rss": rss, "capacity": found}
     print()
     for name, got in found.items():
         cpu = got["cpu_ms_per_request"]
@@ -726,10 +686,172 @@ def main() -> None:
             f"{o.qps:.0f} QPS ({b.qps / o.qps:.1f}x); p99 {b.p99_ms:.1f} vs {o.p99_ms:.1f} ms"
         )
     total_errors = sum(r.errors for r in (*s_rows, *o_rows, *t_rows)) + int(rss.get("errors", 0))
+    summary["errors"] = total_errors
     print(f"errors: {total_errors}")
-    if args.json:
-        dumped = [asdict(r) for r in (*s_rows, *o_rows, *t_rows)]
-        args.json.write_text(json.dumps({"levels": dumped, **summary}, indent=2) + "\n")
+    return summary
+
+
+def _levels_table(levels: list[dict[str, Any]]) -> str:
+    """Markdown: one row per server (or route) and level of clients."""
+    lines = [
+        "| server | clients | requests | errors | p50 ms | p95 ms | p99 ms | QPS |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in levels:
+        lines.append(
+            f"| {r['server']} | {r['clients']} | {r['requests']} | {r['errors']} | "
+            f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['qps']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _capacity_table(found: dict[str, dict[str, Any]], p99_ms: float) -> str:
+    """Markdown: each server's capacity at the bound, its p99 there and CPU per request."""
+    lines = [
+        f"| server | capacity at p99 <= {p99_ms:g} ms, req/s | p99 at that rate, ms "
+        "| CPU ms / request | levels (req/s: p99 ms, pass) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for name, got in found.items():
+        at = [lv for lv in got["levels"] if lv["passed"] and lv["rate"] == got["rate"]]
+        rate = f"{got['rate']:.1f}{'' if got['bounded'] else ' or more'}" if at else "none"
+        p99 = f"{at[0]['p99_ms']:.1f}" if at else "-"
+        cpu_ms = got["cpu_ms_per_request"]
+        cpu = "-" if cpu_ms is None else f"{cpu_ms:.2f}"
+        if cpu_ms is not None and not at:  # `capacity` took it at the lowest rate tried
+            cpu += f" (at {min(lv['rate'] for lv in got['levels']):g} req/s)"
+        tried = ", ".join(
+            f"{lv['rate']:g}: {lv['p99_ms']:.1f}{'' if lv['passed'] else ' FAIL'}"
+            for lv in got["levels"]
+        )
+        lines.append(f"| {name} | {rate} | {p99} | {cpu} | {tried} |")
+    return "\n".join(lines)
+
+
+def render(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    """The Markdown tables of one run of either scenario, without its heading."""
+    parts = [_levels_table(summary["levels"])]
+    names = {"qps_ratio": "student / teacher QPS", "batching_gain": "micro-batching gain"}
+    ratios = [
+        f"- {names[key.rpartition('_')[0]]}, {key.rpartition('_')[2]} clients: {value:.2f}x"
+        for key, value in summary.items()
+        if key.startswith(("qps_ratio_", "batching_gain_"))
+    ]
+    if "capacity_ratio" in summary:
+        ratios.append(f"- capacity student / teacher: {summary['capacity_ratio']:.2f}x")
+    ratios += [
+        f"- /v1/embeddings texts/s over /search QPS, {c} clients: {v:.2f}x"
+        for c, v in summary.get("ratios", {}).items()
+    ]
+    if summary.get("capacity"):
+        parts.append(_capacity_table(summary["capacity"], settings["p99_ms"]))
+    rss = summary.get("rss")
+    if rss:
+        ratios.append(
+            f"- student RSS {rss['before_mb']:.0f} MB before, {rss['after_mb']:.0f} MB after "
+            f"{rss['requests']} more requests ({rss['errors']} errors, {rss['qps']:.0f} QPS)"
+        )
+    ratios.append(f"- errors: {summary['errors']}")
+    return "\n\n".join([*parts, "\n".join(ratios)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", default="all-MiniLM-L6-v2", help="model name or folder")
+    parser.add_argument("--teacher", default="all-mpnet-base-v2")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--requests", type=int, default=400, help="requests per level")
+    parser.add_argument("--levels", default="1,8,16,32", help="concurrent clients")
+    parser.add_argument(
+        "--max-seconds", type=float, default=60.0, help="time cap per level and server"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per level")
+    parser.add_argument("--rss-seconds", type=float, default=900.0, help="time cap of the RSS run")
+    parser.add_argument("--rss-requests", type=int, default=10_000)
+    parser.add_argument(
+        "--teacher-docs", default="cached", help="cached: only cached embeddings; all"
+    )
+    parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "httpx"],
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator: wrk (C, light; apt-get install wrk) or httpx (Python)",
+    )
+    parser.add_argument(
+        "--capacity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search the open-loop capacity of student and teacher at --p99-ms",
+    )
+    parser.add_argument("--p99-ms", type=float, default=25.0, help="capacity: latency bound")
+    parser.add_argument(
+        "--level-seconds", type=float, default=10.0, help="capacity: seconds of load per level"
+    )
+    parser.add_argument("--level-requests", type=int, default=3000, help="capacity: most per level")
+    parser.add_argument(
+        "--level-min-requests", type=int, default=200, help="capacity: fewest per level (p99)"
+    )
+    parser.add_argument("--drain-seconds", type=float, default=5.0, help="capacity: answer wait")
+    parser.add_argument("--capacity-start", type=float, default=8.0, help="first rate, req/s")
+    parser.add_argument(
+        "--capacity-precision", type=float, default=0.1, help="stop at this relative gap"
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=["student-teacher", "embeddings"],
+        default="student-teacher",
+        help="student-teacher: the comparison above; embeddings: POST /v1/embeddings "
+        "beside POST /search on one student server (httpx client, no capacity search)",
+    )
+    parser.add_argument(
+        "--embed-inputs", type=int, default=1, help="embeddings: texts per /v1/embeddings request"
+    )
+    parser.add_argument(
+        "--index-cache",
+        type=Path,
+        default=cache_dir() / "bench",
+        help="where the servers' index folders are built and kept between runs",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder: results.json (with provenance) and table.md "
+        "(default bench/out/load, or bench/out/load-embeddings)",
+    )
+    args = parser.parse_args()
+    prov = Provenance()
+    out = args.out or OUT / ("load-embeddings" if args.scenario == "embeddings" else "load")
+
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]  # "": no closed loop
+    docs, queries = _docs(args.data)
+    if args.scenario == "embeddings":
+        summary = embeddings_scenario(args, levels, docs, queries)
+    else:
+        summary = student_teacher(args, levels, docs, queries)
+    settings = {
+        "scenario": args.scenario,
+        "student": args.student,
+        "teacher": args.teacher if args.scenario == "student-teacher" else None,
+        "data": str(args.data),
+        "queries": len(queries),
+        "client": "httpx" if args.scenario == "embeddings" else args.client,
+        "levels": levels,
+        "requests": args.requests,
+        "rounds": args.rounds,
+        "p99_ms": args.p99_ms,
+        "cpus": os.cpu_count(),
+    }
+    record = prov.finish()
+    write(out, "results.json", {"provenance": record, "settings": settings, **summary})
+    heading = (
+        f"`bench/load.py` ({args.scenario}); `{record['command']}`; commit {record['commit']}, "
+        f"{record['date']}; machine {'idle' if record['idle'] else 'NOT idle'} "
+        f"(others' CPU share {record['others_cpu_share']})"
+    )
+    (out / "table.md").write_text(heading + "\n\n" + render(summary, settings) + "\n")
+    print(f"wrote {out}/results.json, table.md")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """bench/open_loop.py: the open-loop generator keeps its schedule, and the capacity
-search finds the rate a toy server with a known latency model can sustain."""
+search finds the rate a toy server with a known latency model can sustain;
+bench/load.py: tiny runs of both scenarios write their results with provenance."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,27 +181,75 @@ def test_cpu_per_request_and_level_size(toy: Toy) -> None:
     assert level_size(2, seconds=10, min_requests=200, max_requests=3000) == 60
 
 
+LOAD = Path(__file__).resolve().parents[1] / "bench" / "load.py"
+
+
+def _run_load(out: Path, *args: str) -> dict[str, Any]:
+    """Run `bench/load.py` with `args`, results into `out`; return its ``results.json``
+    after checking that it and ``table.md`` record where they came from."""
+    cmd = [sys.executable, str(LOAD), *args, "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    got: dict[str, Any] = json.loads((out / "results.json").read_text())
+    prov = got["provenance"]
+    assert "load.py" in prov["command"] and "--out" in prov["command"]
+    assert prov["commit"] and prov["commit"] != "unknown"
+    assert dt.datetime.fromisoformat(prov["date"]).tzinfo is not None
+    assert isinstance(prov["idle"], bool) and prov["wall_seconds"] > 0
+    assert prov["machine"]["cores"] >= 1
+    table = (out / "table.md").read_text()
+    assert prov["commit"] in table.splitlines()[0] and "| server |" in table
+    assert f"wrote {out}/results.json" in done.stdout
+    got["stdout"] = done.stdout
+    return got
+
+
 def test_embeddings_scenario_runs_on_a_tiny_setting(
     tiny_model: Path, scifact_slice: Path, tmp_path: Path
 ) -> None:
     """`bench/load.py --scenario embeddings` end to end on the tiny model and a slice of
-    SciFact, a few requests per level: both routes answer every request."""
-    import json
-    import subprocess
-
-    out = tmp_path / "load.json"
-    args = [
-        sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "load.py"),
+    SciFact, a few requests per level: both routes answer every request, and the results
+    land in ``--out`` with their provenance."""
+    got = _run_load(
+        tmp_path / "out",
         "--scenario", "embeddings", "--student", str(tiny_model), "--data", str(scifact_slice),
         "--levels", "1,2", "--requests", "8", "--rounds", "2", "--embed-inputs", "2",
-        "--max-seconds", "30", "--out", str(tmp_path / "cache"), "--json", str(out),
-    ]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    got = json.loads(out.read_text())
+        "--max-seconds", "30", "--index-cache", str(tmp_path / "cache"),
+    )  # fmt: skip
     routes = [(r["server"], r["clients"]) for r in got["levels"]]
     assert routes == [
         ("/search", 1), ("/v1/embeddings x2", 1), ("/search", 2), ("/v1/embeddings x2", 2)
     ]  # fmt: skip
     assert got["errors"] == 0 and all(r["requests"] == 8 and r["qps"] > 0 for r in got["levels"])
-    assert set(got["ratios"]) == {"1", "2"} and "texts/s" in done.stdout
+    assert set(got["ratios"]) == {"1", "2"} and "texts/s" in got["stdout"]
+    assert got["settings"]["scenario"] == "embeddings"
+    assert list((tmp_path / "cache").iterdir()), "the index is built under --index-cache"
+
+
+def test_student_teacher_run_writes_its_results_and_provenance(
+    tiny_model: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    """The default scenario on a tiny setting (the tiny model as student and as teacher,
+    httpx, one round, a capacity search whose bound no level can meet): every level,
+    ratio, capacity level and the RSS run are in ``results.json`` and ``table.md``."""
+    got = _run_load(
+        tmp_path / "out",
+        "--student", str(tiny_model), "--teacher", str(tiny_model), "--teacher-docs", "all",
+        "--data", str(scifact_slice), "--client", "httpx", "--levels", "1,2",
+        "--requests", "6", "--rounds", "1", "--max-seconds", "30", "--rss-requests", "10",
+        "--capacity-start", "2", "--p99-ms", "0.001", "--level-seconds", "1",
+        "--drain-seconds", "1", "--index-cache", str(tmp_path / "cache"),
+    )  # fmt: skip
+    servers = [(r["server"].split(" (")[0], r["clients"]) for r in got["levels"]]
+    assert sorted(servers) == [
+        ("student", 1), ("student", 2), ("student, no batching", 2), ("teacher", 1), ("teacher", 2)
+    ]  # fmt: skip
+    assert got["errors"] == 0 and all(r["requests"] == 6 for r in got["levels"])
+    assert {"qps_ratio_1", "qps_ratio_2", "batching_gain_2"} <= set(got)
+    assert got["rss"]["requests"] == 10 and got["rss"]["after_mb"] > 0
+    capacity = got["capacity"]
+    assert len(capacity) == 2 and all(c["rate"] == 0 for c in capacity.values())
+    assert all([lv["rate"] for lv in c["levels"]] == [2, 1, 0.5] for c in capacity.values())
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "capacity at p99 <= 0.001 ms" in table and "| none |" in table
+    assert got["settings"]["teacher"] == str(tiny_model)
