@@ -38,12 +38,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provenance import Provenance
+
 from distill.report import REPORT, StaticReport, read_report
 from search.assets import cache_dir, embeddings_dir, resolve_model
 from search.bm25_index import BM25Index
 from search.corpus import load_beir
 from search.embed_cache import cache_for
-from search.encoder import load_encoder
+from search.encoder import Encoder, load_encoder
 from search.evaluate import corpus_texts, evaluate, evaluate_hybrid
 from search.hybrid import DEFAULT_WEIGHT
 from search.significance import paired_test
@@ -58,6 +60,7 @@ def size_mb(folder: Path, backend: str) -> float:
         return (folder / "onnx" / "model_int8.onnx").stat().st_size / 2**20
     if backend == "onnx":
         return sum(p.stat().st_size for p in (folder / "onnx").glob("model.onnx*")) / 2**20
+    halve = 2 if backend == "torch-bf16" else 1  # bf16 weights: half the fp32 bytes
     return (
         sum(
             p.stat().st_size
@@ -65,11 +68,21 @@ def size_mb(folder: Path, backend: str) -> float:
             if p.is_file() and not {"onnx", ".git"} & set(p.relative_to(folder).parts)
         )
         / 2**20
+        / halve
     )
 
 
+def open_encoder(spec: str, backend: str) -> Encoder:
+    """The encoder of a row: ``torch`` in fp32, ``torch-bf16`` with bf16 weights, else
+    the backend named."""
+    if backend in ("torch", "torch-bf16"):
+        precision = "bf16" if backend == "torch-bf16" else "fp32"
+        return load_encoder(spec, backend="torch", precision=precision)
+    return load_encoder(spec, backend=backend)  # type: ignore[arg-type]
+
+
 def measure(spec: str, backend: str, passages: list[str], queries: list[str]) -> dict[str, Any]:
-    encoder = load_encoder(spec, backend=backend)  # type: ignore[arg-type]
+    encoder = open_encoder(spec, backend)
     encoder.encode(passages[:64], batch_size=32)  # two batches: an ONNX pool is made now
     t0 = time.perf_counter()
     encoder.encode(passages, batch_size=32)
@@ -171,7 +184,7 @@ def _compressed(name: str, folder: Path, backend: str, texts: list[str]) -> str:
     return f"{name}={folder}@{backend}"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, dataset: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,7 +225,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("corpus encoding, docs/s (log, 2 CPU cores)")
-    ax.set_ylabel("nDCG@10 (SciFact test)")
+    ax.set_ylabel(f"nDCG@10 ({dataset})")
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -273,7 +286,15 @@ def main() -> None:
         default=[],
         help="LABEL of a model to add as an ONNX int8 copy too (e.g. the shipped baseline)",
     )
+    parser.add_argument(
+        "--teacher-form",
+        action="append",
+        default=[],
+        help="LABEL of a row that is the teacher in another form (int8, bf16): ratios are "
+        "also given against the fastest of them",
+    )
     args = parser.parse_args()
+    prov = Provenance()
     specs = dict(m.partition("=")[::2] for m in args.model)
     for label in args.int8_of:
         if label not in specs:
@@ -313,8 +334,8 @@ def main() -> None:
         label, _, spec = item.partition("=")
         spec, _, backend = spec.partition("@")
         backend = backend or "torch"
-        encoder = load_encoder(spec, backend=backend)  # type: ignore[arg-type]
-        cache = cache_for(encoder, embeddings_dir())  # int8 vectors are cached apart
+        encoder = open_encoder(spec, backend)
+        cache = cache_for(encoder, embeddings_dir())  # int8 and bf16 vectors apart
         report = evaluate(encoder, corpus, queries, qrels, cache=cache)
         speed = measure(spec, backend, passages, speed_queries)
         report.update(speed)
@@ -330,37 +351,58 @@ def main() -> None:
         bm25 = evaluate(None, corpus, queries, qrels)
         bm25.update(bm25_speed, label="bm25", size_mb=0.0)
         add(bm25)
+    table = render(rows, args.teacher_form)
+    record = prov.finish()
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"{args.data.name} {args.split}; `{record['command']}`; commit {record['commit']}, "
+        f"{record['date']}; machine {'idle' if record['idle'] else 'NOT idle'} "
+        f"(others' CPU share {record['others_cpu_share']})"
+    )
+    (args.out / "table.md").write_text(header + "\n\n" + table + "\n")
+    for r in rows:
+        r.pop("per_query_ndcg@10")
+    payload = {"provenance": record, "rows": rows}
+    (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot(rows, args.out / "pareto.png", f"{args.data.name} {args.split}")
+    print(header)
+    print(table)
+    print(f"wrote {args.out}/table.md, results.json, pareto.png")
+
+
+def render(rows: list[dict[str, Any]], teacher_forms: list[str]) -> str:
+    """The table: every ratio against the first row (the fp32 teacher) and against the
+    fastest of the teacher's forms (`--teacher-form` rows and the first); each row's
+    paired test against the first."""
     ref = rows[0]
+    forms = [r for r in rows if r is ref or r["label"] in teacher_forms]
+    fastest = max(forms, key=lambda r: r["docs_per_s"])
     lines = [
-        f"| model | nDCG@10 | Recall@100 | docs/s | x {ref['label']} | query ms | size MB "
+        f"| model | nDCG@10 | % of {ref['label']} | Recall@100 | docs/s | x {ref['label']} "
+        f"| x fastest teacher ({fastest['label']}) | query ms | size MB "
         f"| ΔnDCG@10 vs {ref['label']} [95% CI] | p |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for r in rows:
         test = paired_test(r["per_query_ndcg@10"], ref["per_query_ndcg@10"])
         r["vs_reference"] = test.__dict__
-        ratio = r["docs_per_s"] / ref["docs_per_s"]
+        r["x_reference"] = r["docs_per_s"] / ref["docs_per_s"]
+        r["x_fastest_teacher"] = r["docs_per_s"] / fastest["docs_per_s"]
         cells = [
             r["label"],
             f"{r['ndcg@10']:.4f}",
+            f"{100 * r['ndcg@10'] / ref['ndcg@10']:.1f} %",
             f"{r['recall@100']:.4f}",
             f"{r['docs_per_s']:.1f}",
-            f"{ratio:.1f}",
+            f"{r['x_reference']:.1f}",
+            f"{r['x_fastest_teacher']:.1f}",
             f"{r['query_ms']:.1f}",
             f"{r['size_mb']:.0f}",
             f"{test.mean_diff:+.4f} [{test.ci_low:+.4f}, {test.ci_high:+.4f}]",
             f"{test.p_value:.3f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = "\n".join(lines)
-    (args.out / "table.md").write_text(table + "\n")
-    for r in rows:
-        r.pop("per_query_ndcg@10")
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot(rows, args.out / "pareto.png")
-    print(table)
-    print(f"wrote {args.out}/table.md, results.json, pareto.png")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ from pathlib import Path
 from distill.compress.quantize import QualityGate
 from distill.static_options import STATIC_PREFIX, StaticOptions
 from search.assets import TEACHER_NAME
+from search.devices import PRECISIONS
 
 _GENERIC = "msmarco-queries.txt"
-DEFAULT_STUDENT = "all-MiniLM-L6-v2:layers=0,1,3,5"
-"""A 4-layer cut of all-MiniLM-L6-v2: the student ``distill`` makes when not told."""
+DEFAULT_STUDENT = "all-MiniLM-L6-v2"
+"""The shipped model ``distill`` starts from when not told: it is trained against the
+teacher and measured against its own untrained self (`distill.candidates`)."""
 LOSSES = ("rank", "mse", "mse+structure")
+EMIT = ("best", "trained")
 
 
 def default_generic_texts() -> Path | None:
@@ -99,7 +102,10 @@ class DistillConfig:
             targets) or mse+structure (plus the in-batch similarity-matrix term of
             `distill.transformer.losses`).
         temperature: Softmax temperature of the rank loss.
-        val_queries: Queries used to gate the student on retrieval quality.
+        val_queries: Validation queries that judge the finished candidates (never seen
+            by training: `distill.gate.validation_set`).
+        tune_queries: Validation queries that pick checkpoints and stages during
+            training (kept apart from those that judge the candidates).
         compress: Export ONNX and int8 (behind the quality gate) afterwards.
         int8_min_cosine: Least int8-to-fp32 cosine; MatMuls with outlying inputs stay
             fp32 until it is reached (lower: faster int8 where some must; the
@@ -115,15 +121,27 @@ class DistillConfig:
         top_layers: Top layers an uncut student trains against the teacher (the rest
             are frozen and their output cached); a cut student trains its replaced
             layers and those above them.
+        end_to_end: Train the whole student, embeddings included, against the
+            teacher's rankings (sentence-transformers' trainer; every step runs the
+            whole model) instead of its top layers over cached states.
         device: Torch device of teacher, student and training (cuda, cpu; default:
             cuda when present).
+        precision: auto (bf16 where the CPU has bf16 units and the models pass the
+            check against fp32, `search.precision`), fp32 or bf16: of the teacher's
+            labels, the cached states and training.
+        min_speedup: Least speed of the emitted student's served form, in multiples of
+            the fp32 teacher's docs/s on the same documents (`distill.candidates`).
+        static_candidate: Also distil a static student and measure it among the
+            candidates.
+        emit: best (the candidate `distill.candidates.choose` picks) or trained (the
+            trained student whatever the candidates measured; for experiments).
     """
 
     data: Path
     out: Path
     teacher: str = TEACHER_NAME
     student: str = DEFAULT_STUDENT
-    max_minutes: float = 35.0
+    max_minutes: float = 25.0
     max_texts: int = 8000
     extra_texts: list[Path] = field(default_factory=list)
     generic_texts: Path | None = field(default_factory=default_generic_texts)
@@ -137,6 +155,7 @@ class DistillConfig:
     loss: str = "rank"
     temperature: float = 0.05
     val_queries: int = 300
+    tune_queries: int = 200
     compress: bool = True
     int8_min_cosine: float = QualityGate.min_cosine
     val_docs: int = 1000
@@ -144,7 +163,12 @@ class DistillConfig:
     layerwise_lr: float = 1e-4
     layerwise_share: float = 0.7
     top_layers: int = 2
+    end_to_end: bool = False
     device: str | None = None
+    precision: str = "auto"
+    min_speedup: float = 15.0
+    static_candidate: bool = True
+    emit: str = "best"
 
     def validate(self) -> StudentSpec:
         """Check values; return the parsed student spec.
@@ -176,6 +200,16 @@ class DistillConfig:
             raise ValueError("--layerwise-epochs and --layerwise-lr must be > 0")
         if not 0 <= self.layerwise_share < 1:
             raise ValueError(f"--layerwise-share must be in [0, 1), got {self.layerwise_share}")
+        if self.emit not in EMIT:
+            raise ValueError(f"--emit {self.emit!r}: choose one of {', '.join(EMIT)}")
+        if self.min_speedup <= 0:
+            raise ValueError(f"--min-speedup must be > 0, got {self.min_speedup}")
+        if self.val_queries < 5 or self.tune_queries < 0:
+            raise ValueError("val_queries must be >= 5 and tune_queries >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
         if self.top_layers < 1:
             raise ValueError(f"--top-layers must be >= 1, got {self.top_layers}")
         if self.loss not in LOSSES:

@@ -60,21 +60,44 @@ def sample_corpus(data: Path, must: set[str], size: int, seed: int) -> Corpus:
 
 def validation_set(
     config: DistillConfig, labelled: Labelled, teacher: Encoder, cache: EmbeddingCache
-) -> ValidationSet:
-    """The run's validation set: the reserved train queries with their qrels when the
-    dataset has them, else held-out query-like texts judged by the teacher's top 10."""
+) -> tuple[ValidationSet, ValidationSet]:
+    """The run's two validation sets over one sampled corpus: ``select`` (up to
+    ``config.val_queries`` queries) judges the finished candidates, ``tune`` (up to
+    ``config.tune_queries``) picks checkpoints and stages during training, so the
+    choice between candidates is not made on the queries training was steered by.
+
+    Queries: the reserved train queries with their qrels when the dataset has them,
+    else held-out query-like texts judged by the teacher's top 10. When there are too
+    few for both, they are split in the ratio of the two settings.
+    """
     if labelled.val_queries:
         judged = {d for rels in labelled.val_qrels.values() for d in rels}
         corpus = sample_corpus(config.data, judged, config.val_docs, config.seed)
-        return ValidationSet(corpus, labelled.val_queries, labelled.val_qrels, "train qrels")
-    query_texts = labelled.texts.all_queries()
-    picked = [t for t in labelled.held if t in query_texts][: config.val_queries]
-    if len(picked) < 5:  # no query-like texts held out: use held-out texts of any kind
-        picked = labelled.held[: config.val_queries]
-    queries = {f"v{i}": t for i, t in enumerate(picked)}
-    corpus = sample_corpus(config.data, set(), config.val_docs, config.seed)
-    qrels = teacher_qrels(teacher, cache, queries, corpus)
-    return ValidationSet(corpus, queries, qrels, "teacher top-10")
+        queries, qrels, source = labelled.val_queries, labelled.val_qrels, "train qrels"
+    else:
+        query_texts = labelled.texts.all_queries()
+        want = config.val_queries + config.tune_queries
+        picked = [t for t in labelled.held if t in query_texts][:want]
+        if len(picked) < 10:  # no query-like texts held out: use held-out texts of any kind
+            picked = labelled.held[:want]
+        queries = {f"v{i}": t for i, t in enumerate(picked)}
+        corpus = sample_corpus(config.data, set(), config.val_docs, config.seed)
+        qrels, source = teacher_qrels(teacher, cache, queries, corpus), "teacher top-10"
+    ids = list(queries)
+    share = config.val_queries / (config.val_queries + config.tune_queries)
+    n_select = min(config.val_queries, max(1, round(share * len(ids))))
+    select, tune = ids[:n_select], ids[n_select:] or ids[:n_select]
+    return _subset(corpus, queries, qrels, select, source), _subset(
+        corpus, queries, qrels, tune, source
+    )
+
+
+def _subset(
+    corpus: Corpus, queries: Queries, qrels: Qrels, ids: list[str], source: str
+) -> ValidationSet:
+    return ValidationSet(
+        corpus, {q: queries[q] for q in ids}, {q: qrels[q] for q in ids if q in qrels}, source
+    )
 
 
 def teacher_qrels(

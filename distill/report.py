@@ -171,6 +171,62 @@ class ServedSpeed(Record):
     teacher_docs_per_s: float
 
 
+class PairedGain(Record):
+    """A paired comparison of per-query nDCG@10: mean difference, its 95 % bootstrap
+    interval and the permutation p-value (`search.significance`)."""
+
+    gain: float
+    ci95: tuple[float, float]
+    p: float
+
+
+class CandidateRow(Record):
+    """One candidate of `distill.candidates`, measured in its served form.
+
+    Attributes:
+        ndcg10: nDCG@10 on the ``select`` validation queries; tune_ndcg10 on the
+            ``tune`` ones, when measured.
+        x_teacher: Its docs/s over the fp32 teacher's on the same documents;
+            x_fastest_teacher over the teacher's fastest form measured here.
+        vs_teacher, vs_baseline: Paired tests against the teacher and against the
+            best untrained candidate.
+        verdict: ``emitted``, or why it was not.
+    """
+
+    name: str
+    trained: bool
+    backend: str
+    window: int | None = None
+    ndcg10: float
+    tune_ndcg10: float | None = None
+    docs_per_s: float
+    x_teacher: float
+    x_fastest_teacher: float | None = None
+    meets_speed: bool
+    size_mb: float
+    vs_teacher: PairedGain
+    vs_baseline: PairedGain | None = None
+    verdict: str = ""
+    facts: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class Choice(Record):
+    """Which candidate was emitted and why, with the whole table."""
+
+    emitted: str
+    reason: str
+    candidates: list[CandidateRow]
+
+
+class TeacherSpeed(Record):
+    """The teacher's documents a second on the run's speed sample: in fp32 (what
+    ``--min-speedup`` counts in) and in its fastest form measured here."""
+
+    fp32_docs_per_s: float
+    fastest_form: str
+    fastest_docs_per_s: float
+
+
 class TransformerReport(ReportBase):
     """The report of a transformer student.
 
@@ -192,6 +248,9 @@ class TransformerReport(ReportBase):
     config: dict[str, JsonValue]
     compression: dict[str, JsonValue] | None = None
     served_speed_ratio: ServedSpeed | None = None
+    choice: Choice | None = None
+    teacher_speed: TeacherSpeed | None = None
+    precision: dict[str, JsonValue] | None = None
 
 
 class StaticFidelity(Record):
@@ -215,11 +274,13 @@ class FusionChoice(Record):
 
 
 class StaticSpeed(Record):
-    """Texts/s and ms a query of a static student, against the teacher's texts/s."""
+    """Texts/s and ms a query of a static student, against the teacher's texts/s as it
+    labelled them (`teacher_form`: ``torch bf16`` or ``torch fp32``)."""
 
     docs_per_s: float
     query_ms: float
     teacher_docs_per_s: float | None = None
+    teacher_form: str | None = None
     ratio: float | None = None
 
 

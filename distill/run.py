@@ -1,13 +1,14 @@
 """`distill`: the job both kinds of student follow.
 
-1. **Set up** (`distill.setup.set_up`): check the settings, load the teacher, collect the training
-   texts and label them with the teacher (`distill.texts.label`, cached), and carve
-   the validation set (`distill.gate.validation_set`).
+1. **Set up** (`distill.setup.set_up`): check the settings, load the teacher and
+   choose the precision it labels in, collect the training texts and label them
+   (`distill.texts.label`, cached), and carve the two validation sets
+   (`distill.gate.validation_set`).
 2. **Train**, 3. **gate** and 4. **report**: the student's own job —
-   `distill.transformer.job.TransformerJob` or `distill.static.job.StaticJob`.
+   `distill.transformer.job.TransformerJob` (which compresses and measures every
+   candidate in its served form before the gate chooses, `distill.candidates`) or
+   `distill.static.job.StaticJob`.
 5. **Publish** (`publish`): the model, its report and model card, swapped in whole.
-6. **Compress** (`compress_published`, transformer students): ONNX export and int8
-   behind the retrieval gate (`distill.compress`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ import time
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from distill.compress.pipeline import compress, served_speed
-from distill.compress.quantize import retrieval_metric
 from distill.config import DistillConfig
-from distill.report import (
-    DistillReport,
-    ReportBase,
-    ServedSpeed,
-    TransformerReport,
-    folder_size_mb,
-)
+from distill.report import DistillReport, ReportBase, folder_size_mb
 from distill.setup import Setup, set_up
-from distill.static.job import StaticJob
+from distill.static.job import StaticJob, static_candidate
 from distill.transformer.job import TransformerJob
 from search.assets import model_hash
 from search.atomic import atomic_write_text, staged_folder
@@ -64,39 +57,13 @@ def publish(job: Job[T, R], trained: T, report: R, out: Path) -> None:
         atomic_write_text(tmp / "README.md", job.card(report))
 
 
-def compress_published(setup: Setup, report: TransformerReport) -> None:
-    """Compress the published student (ONNX, int8 behind the retrieval gate) and record
-    it with the served artifact's speed ratio, measured on the held-out texts the
-    torch student's ratio was (`report.teacher_docs_per_s`)."""
-    out, val = setup.config.out, setup.val
-    evaluate = retrieval_metric(val.corpus, val.queries, val.qrels)
-    compression = compress(
-        out, setup.labelled.held[:64], evaluate, min_cosine=setup.config.int8_min_cosine
-    )
-    report.compression = compression
-    served = served_speed(out, compression)
-    if served is not None and report.teacher_docs_per_s:
-        backend, docs_per_s = served
-        report.served_speed_ratio = ServedSpeed(
-            backend=backend,
-            ratio=round(docs_per_s / report.teacher_docs_per_s, 2),
-            docs_per_s=round(docs_per_s, 2),
-            teacher_docs_per_s=report.teacher_docs_per_s,
-        )
-
-
 def run_job(job: Job[T, R], setup: Setup, t_start: float) -> R:
-    """Train, gate, report, publish and (transformer students) compress."""
+    """Train, gate, report and publish."""
     trained = job.train(setup)
     job.gate(setup, trained)
     report = job.report(setup, trained)
     report.wall_seconds = round(time.perf_counter() - t_start, 1)
     publish(job, trained, report, setup.config.out)
-    if isinstance(report, TransformerReport) and setup.config.compress:
-        compress_published(setup, report)
-        report.wall_seconds = round(time.perf_counter() - t_start, 1)
-        report.write(setup.config.out)
-        atomic_write_text(setup.config.out / "README.md", job.card(report))
     return report
 
 
@@ -111,4 +78,5 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillReport:
     setup = set_up(config, progress=progress)
     if setup.spec.static is not None:
         return run_job(StaticJob(), setup, t_start)
-    return run_job(TransformerJob(), setup, t_start)
+    extra = [("static", static_candidate)] if config.static_candidate else []
+    return run_job(TransformerJob(extra), setup, t_start)

@@ -8,7 +8,7 @@ import logging
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,41 +105,50 @@ def collect_texts(
 
 
 @dataclass
-class Labelled:
-    """Training texts split into train and held-out, with the teacher's labels.
+class TextSplit:
+    """Training texts split into train and held-out, and the queries reserved for
+    validation.
 
     Attributes:
         texts: The collected texts by source.
         train, held: The training and held-out texts (a seeded split of ``texts.all``).
-        vecs: float32 ``(len(train) + len(held), teacher dim)``, normalised: the
-            teacher's embeddings of ``train + held``, in that order.
-        stats: The embedding cache's record of the labelling (texts encoded now,
-            the teacher's texts/s).
-        val_queries, val_qrels: Judged train queries reserved for validation (kept out
-            of the texts); empty when the dataset has none.
+        val_queries, val_qrels: Judged train queries reserved for the two validation
+            sets (`distill.gate.validation_set`; kept out of the texts), in a seeded
+            order; empty when the dataset has none.
     """
 
     texts: TrainingTexts
     train: list[str]
     held: list[str]
-    vecs: np.ndarray
-    stats: EncodeStats
     val_queries: Queries
     val_qrels: Qrels
 
 
-def label(
-    config: DistillConfig, teacher: Encoder, cache: EmbeddingCache, *, progress: bool = True
-) -> Labelled:
-    """Collect the training texts, hold some out, and label them all with the teacher
-    (through its embedding cache: an interrupted labelling resumes).
+@dataclass
+class Labelled(TextSplit):
+    """A `TextSplit` with the teacher's labels.
+
+    Attributes:
+        vecs: float32 ``(len(train) + len(held), teacher dim)``, normalised: the
+            teacher's embeddings of ``train + held``, in that order.
+        stats: The embedding cache's record of the labelling (texts encoded now,
+            the teacher's texts/s).
+    """
+
+    vecs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    stats: EncodeStats = field(default_factory=lambda: EncodeStats(0, 0, 0.0, 0.0))
+
+
+def split_texts(config: DistillConfig) -> TextSplit:
+    """Reserve the validation queries, collect the training texts and hold some out.
 
     Raises:
         ValueError: fewer than 20 training texts were found.
     """
     from distill.gate import reserve_train_queries
 
-    val_queries, val_qrels = reserve_train_queries(config.data, config.val_queries, config.seed)
+    wanted = config.val_queries + config.tune_queries
+    val_queries, val_qrels = reserve_train_queries(config.data, wanted, config.seed)
     texts = collect_texts(
         config.data,
         max_texts=config.max_texts,
@@ -155,6 +164,17 @@ def label(
     random.Random(config.seed).shuffle(order)
     n_hold = max(8, min(300, int(config.holdout * len(pool))))
     held, train = [pool[i] for i in order[:n_hold]], [pool[i] for i in order[n_hold:]]
-    logger.info("labelling %d texts with the teacher (cached: %d)", len(pool), len(cache))
-    vecs, stats = cache.encode(teacher, train + held, desc="teacher labels", progress=progress)
-    return Labelled(texts, train, held, vecs, stats, val_queries, val_qrels)
+    return TextSplit(texts, train, held, val_queries, val_qrels)
+
+
+def label(
+    split: TextSplit, teacher: Encoder, cache: EmbeddingCache, *, progress: bool = True
+) -> Labelled:
+    """Label the training and held-out texts with the teacher, through its embedding
+    cache (an interrupted labelling resumes)."""
+    texts = split.train + split.held
+    logger.info("labelling %d texts with the teacher (cached: %d)", len(texts), len(cache))
+    vecs, stats = cache.encode(teacher, texts, desc="teacher labels", progress=progress)
+    return Labelled(
+        split.texts, split.train, split.held, split.val_queries, split.val_qrels, vecs, stats
+    )

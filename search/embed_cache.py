@@ -30,15 +30,17 @@ _COMPACT_AT = 64
 
 def cache_key(encoder: Encoder) -> str:
     """The cache folder name of an encoder: its model hash, plus the backend and the
-    artifact's content hash unless torch.
+    artifact's content hash unless torch, plus ``-bf16`` for a torch model in bf16.
 
     An ONNX or int8 artifact shares the model hash of its folder but not its vectors,
     and a re-export or re-quantization (other settings, other fp32 MatMuls) writes a
     new artifact under the same model hash: its vectors must not be read from the old
-    one's cache.
+    one's cache. bf16 vectors agree with fp32 ones to a cosine of about 0.9999
+    (`search.precision`), but are kept apart so a result says what computed it.
     """
     if encoder.backend == "torch":
-        return encoder.model_hash
+        precision = getattr(encoder, "precision", "fp32")
+        return encoder.model_hash if precision == "fp32" else f"{encoder.model_hash}-{precision}"
     artifact = getattr(encoder, "artifact_hash", None)
     suffix = f"-{artifact[:8]}" if artifact else ""
     return f"{encoder.model_hash}-{encoder.backend}{suffix}"

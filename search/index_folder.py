@@ -301,7 +301,7 @@ def load_index_folder(path: Path, *, mmap: bool = False) -> IndexFolder:
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR
         if mmap and manifest.get("index_class", "").split(">")[-1].startswith("IndexFlat"):
             flags |= faiss.IO_FLAG_MMAP_IFC
-        index = faiss.read_index(str(path / INDEX_FILE), flags)
+        index = _read_faiss(path / INDEX_FILE, flags)
         store = DocStore(path / DOCSTORE_FILE)
         if read_index_manifest(path) == manifest:  # no new version was swapped in meanwhile
             break
@@ -311,6 +311,18 @@ def load_index_folder(path: Path, *, mmap: bool = False) -> IndexFolder:
     if mmap and not flags & faiss.IO_FLAG_MMAP_IFC and not (path / IVFDATA_FILE).is_file():
         logger.info("%s: this index type is read into RAM (only flat and on-disk IVF map)", path)
     return IndexFolder(path, manifest, index, store, store.tombstones())
+
+
+def _read_faiss(file: Path, flags: int) -> faiss.Index:
+    """`faiss.read_index`, its C++ errors on a missing, cut or corrupt file made one
+    `DataError` that names the file."""
+    try:
+        return faiss.read_index(str(file), flags)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "unreadable"
+        raise DataError(
+            f"{file}: FAISS cannot read this index ({reason}); rebuild it with `distilsearch index`"
+        ) from exc
 
 
 def index_class(index: faiss.Index) -> str:

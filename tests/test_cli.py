@@ -152,3 +152,42 @@ def test_search_defaults_to_dense_without_bm25(
     assert r.exit_code == 2 and "no BM25 index" in _err_line(r)
     r = runner.invoke(app, ["search", "--index", str(idx), "young cat", "--mode", "fuzzy"])
     assert r.exit_code == 2 and "not one of dense, bm25, hybrid" in _err_line(r)
+
+
+def _corrupt(file: Path) -> None:
+    """Cut a file to half and overwrite its start: what a broken copy leaves."""
+    data = file.read_bytes()
+    file.write_bytes(b"\x00garbage\x00" * 8 + data[64 : len(data) // 2])
+
+
+def test_a_model_with_broken_weights_is_one_line_in_every_command(
+    tiny_model: Path, small_jsonl: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    _corrupt(broken / "model.safetensors")
+    out = str(tmp_path / "idx")
+    for args in (
+        ["index", "--model", str(broken), "--data", str(small_jsonl), "--out", out],
+        ["eval", "--model", str(broken), "--data", str(scifact_slice)],
+        ["distill", "--student", str(broken), "--teacher", str(broken), "--data",
+         str(scifact_slice), "--out", str(tmp_path / "s")],
+    ):  # fmt: skip
+        r = runner.invoke(app, args)
+        line = _err_line(r)
+        assert r.exit_code == 2, (args[0], r.output)
+        assert str(broken) in line and "cannot be loaded" in line, (args[0], line)
+
+
+def test_a_corrupt_index_file_is_one_line(
+    tiny_index,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    docs = [(f"d{i}", "", f"document number {i} about cells") for i in range(40)]
+    folder = tiny_index(docs, tmp_path / "idx")
+    _corrupt(folder / "index.faiss")
+    r = runner.invoke(app, ["search", "--index", str(folder), "cells"])
+    line = _err_line(r)
+    assert r.exit_code == 2 and "index.faiss" in line and "rebuild it" in line, line

@@ -103,7 +103,9 @@ def test_the_run_distils_adapts_gates_and_reports(static_run: tuple[Path, dict])
     assert set(gate["candidates"]) == {"plain", "adapted", "adapted+reweight"}
     assert gate["emitted"] == max(gate["candidates"], key=gate["candidates"].get)
     assert gate["after"] >= gate["before"] == gate["candidates"]["plain"]
-    assert gate["source"] == "teacher top-10" and gate["teacher"] == 1.0
+    # judged by the teacher's own top 10: the teacher scores 1.0 by construction, and a
+    # static student, judged by the same lists, below it
+    assert gate["source"] == "teacher top-10" and gate["after"] < gate["teacher"] == 1.0
     assert [s["name"] for s in report["stages"]] == ["adapt", "reweight"]
     assert report["hybrid"]["weight"] in FUSION_WEIGHTS
     assert report["speed"]["docs_per_s"] > 0 and report["speed"]["query_ms"] > 0

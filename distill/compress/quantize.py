@@ -125,17 +125,26 @@ def gate_decision(
 
 
 def retrieval_metric(
-    corpus: Corpus, queries: Queries, qrels: Qrels, metric: str = "ndcg@10"
+    corpus: Corpus,
+    queries: Queries,
+    qrels: Qrels,
+    metric: str = "ndcg@10",
+    cache_root: Path | None = None,
 ) -> Evaluation:
     """An evaluation for `QualityGate`: `metric` of exact dense search on a BEIR split.
 
-    Embeddings are not cached: fp32 and int8 share a model hash, so a cache would
-    hand the int8 model the fp32 vectors.
+    With `cache_root`, vectors go through each encoder's embedding cache
+    (`search.embed_cache.cache_for`), keyed by the artifact's content hash, so an int8
+    trial never reads the fp32 model's vectors and a later evaluation of the same
+    artifact on the same documents does not encode them again.
     """
+    from search.embed_cache import cache_for
     from search.evaluate import evaluate
 
     def score(encoder: Encoder) -> float:
-        return float(evaluate(encoder, corpus, queries, qrels, cache=None, progress=False)[metric])
+        cache = cache_for(encoder, cache_root) if cache_root is not None else None
+        report = evaluate(encoder, corpus, queries, qrels, cache=cache, progress=False)
+        return float(report[metric])
 
     return score
 

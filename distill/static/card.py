@@ -21,7 +21,11 @@ def model_card(report: StaticReport) -> str:
             f"convex, dense weight {hybrid.weight}: nDCG@10 {hybrid.ndcg10:.4f} "
             f"(dense {hybrid.dense:.4f}, BM25 {hybrid.bm25:.4f}; {hybrid.chosen_on})",
         ),
-        ("texts/s", f"{speed.docs_per_s:,.0f} (x{speed.ratio or 0:.0f} the teacher)"),
+        (
+            "texts/s",
+            f"{speed.docs_per_s:,.0f} (x{speed.ratio or 0:.0f} the teacher in "
+            f"{speed.teacher_form or 'torch fp32'})",
+        ),
         ("ms a query", f"{speed.query_ms:.3f}"),
     ]
     lines = [

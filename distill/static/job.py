@@ -15,6 +15,7 @@ The output folder is model2vec's format (`search.static_encoder`) with
 from __future__ import annotations
 
 import itertools
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.gate import ValidationSet, score
+from distill.candidates import Candidate, docs_per_second
+from distill.gate import ValidationSet, score, score_queries
 from distill.report import (
     FusionChoice,
     Gate,
@@ -40,10 +42,10 @@ from distill.static.model import adapt, encode, plain_model, reweight, with_dtyp
 from distill.static_options import StaticOptions
 from distill.targets import fidelity, fit_target_map
 from search.embed_cache import EmbeddingCache
-from search.encoder import TorchEncoder
+from search.encoder import Encoder
 from search.evaluate import bm25_results, corpus_texts, dense_results, score_results
 from search.hybrid import Fusion, fuse_results
-from search.static_encoder import StaticEncoder
+from search.static_encoder import STATIC_BACKEND, StaticEncoder
 
 FUSION_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 _SPEED_TEXTS = 2000
@@ -81,8 +83,8 @@ class Trained:
 class StaticJob:
     """Train, gate, report and save a static student (`distill.run.Job`)."""
 
-    def train(self, setup: Setup) -> Trained:
-        options = setup.spec.static
+    def train(self, setup: Setup, options: StaticOptions | None = None) -> Trained:
+        options = options or setup.spec.static
         if options is None:
             raise ValueError(f"--student {setup.config.student!r} is not a static student spec")
         t0 = time.perf_counter()
@@ -102,7 +104,7 @@ class StaticJob:
         return trained
 
     def gate(self, setup: Setup, trained: Trained) -> None:
-        teacher = teacher_score(setup.teacher, setup.val, setup.cache)
+        teacher = teacher_score(setup.labeler, setup.val, setup.cache)
         trained.gate = gate_candidates(trained, setup.val, teacher)
 
     def report(self, setup: Setup, trained: Trained) -> StaticReport:
@@ -219,13 +221,37 @@ def static_report(setup: Setup, trained: Trained) -> StaticReport:
         train_seconds=round(sum(s.seconds for s in trained.stages), 1),
         gate=trained.gate,
         hybrid=choose_fusion(encoder, setup.val),
-        speed=measure_speed(encoder, texts, labelled.stats.docs_per_s, setup.val),
+        speed=measure_speed(encoder, texts, labelled.stats.docs_per_s, setup.val, _form(setup)),
         dim=model.dim,
         vocabulary=len(model.tokens),
         size_mb=Sizes(teacher=round(folder_size_mb(teacher.folder), 1))
         if teacher.folder
         else Sizes(),
         timings={k: round(v, 1) for k, v in timings.items()},
+    )
+
+
+def static_candidate(setup: Setup, folder: Path, sample: list[str]) -> Candidate:
+    """A static student with the default options, as one candidate of a transformer
+    run (`distill.candidates`): its variants are chosen between on the ``tune``
+    queries, the chosen one saved to `folder` and measured on the ``select`` ones."""
+    options = StaticOptions()
+    trained = StaticJob().train(setup, options)
+    trained.gate = gate_candidates(trained, setup.tune, None)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    trained.emitted.save_pretrained(folder)
+    encoder = StaticEncoder.from_model(trained.emitted, "static")
+    return Candidate(
+        name="static",
+        trained=True,
+        folder=folder,
+        backend=STATIC_BACKEND,
+        per_query=score_queries(encoder, setup.val),
+        docs_per_s=docs_per_second(encoder, sample),
+        size_mb=folder_size_mb(folder),
+        tune=trained.gate.after,
+        facts={"variant": trained.gate.emitted, "dims": options.dims},
     )
 
 
@@ -261,7 +287,7 @@ def choose_fusion(encoder: StaticEncoder, val: ValidationSet) -> FusionChoice:
     )
 
 
-def teacher_score(teacher: TorchEncoder, val: ValidationSet, cache: EmbeddingCache) -> float | None:
+def teacher_score(teacher: Encoder, val: ValidationSet, cache: EmbeddingCache) -> float | None:
     """The teacher's validation nDCG@10 when its embeddings are all cached, else None
     (a static run does not spend minutes of teacher time on a reference number)."""
     _, texts = corpus_texts(val.corpus)
@@ -269,11 +295,20 @@ def teacher_score(teacher: TorchEncoder, val: ValidationSet, cache: EmbeddingCac
     return None if missing else score(teacher, val, cache)
 
 
+def _form(setup: Setup) -> str:
+    return f"torch {setup.precision.precision}"
+
+
 def measure_speed(
-    encoder: StaticEncoder, texts: list[str], teacher_docs_per_s: float, val: ValidationSet
+    encoder: StaticEncoder,
+    texts: list[str],
+    teacher_docs_per_s: float,
+    val: ValidationSet,
+    teacher_form: str = "torch fp32",
 ) -> StaticSpeed:
     """Texts/s of the static model on the training texts and ms a validation query,
-    against the teacher's texts/s on the same texts as the embedding cache recorded."""
+    against the teacher's texts/s on the same texts as the embedding cache recorded
+    (in `teacher_form`, the precision it labelled in)."""
     sample = texts[:_SPEED_TEXTS]
     encoder.encode(sample[:64])
     t0 = time.perf_counter()
@@ -287,5 +322,6 @@ def measure_speed(
     speed = StaticSpeed(docs_per_s=round(docs_per_s, 1), query_ms=round(query_ms, 4))
     if np.isfinite(teacher_docs_per_s):
         speed.teacher_docs_per_s = round(teacher_docs_per_s, 2)
+        speed.teacher_form = teacher_form
         speed.ratio = round(docs_per_s / teacher_docs_per_s, 1)
     return speed

@@ -99,6 +99,40 @@ def model_card(report: TransformerReport) -> str:
         "| --- | --- |",
         *(f"| {k} | {v} |" for k, v in rows),
         "",
-        "Load it with `SentenceTransformer(path)`; BEIR scores: `distilsearch eval --model PATH`.",
+        "Load it with `search.encoder.load_encoder(path)` (or "
+        "`SentenceTransformer(path)` for a transformer); BEIR scores: "
+        "`distilsearch eval --model PATH`.",
+        *candidate_table(report),
     ]
     return "\n".join(lines) + "\n"
+
+
+def candidate_table(report: TransformerReport) -> list[str]:
+    """The candidates' table and why the emitted one won (Markdown lines)."""
+    choice, speed = report.choice, report.teacher_speed
+    if choice is None or speed is None:
+        return []
+    lines = [
+        "",
+        "## How this model was chosen",
+        "",
+        f"Emitted **{choice.emitted}**: {choice.reason}. nDCG@10 on {report.gate.queries} "
+        f"validation queries training never saw ({report.gate.source}); docs/s of each "
+        f"served form on the same documents as the teacher (fp32 "
+        f"{speed.fp32_docs_per_s:.2f} docs/s; {speed.fastest_form} "
+        f"{speed.fastest_docs_per_s:.2f}).",
+        "",
+        "| candidate | served as | nDCG@10 | docs/s | x teacher | x fastest teacher | MB "
+        "| vs teacher (p) | vs baseline (p) | verdict |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for row in choice.candidates:
+        base = row.vs_baseline
+        versus = f"{base.gain:+.4f} ({base.p:.3f})" if base else "–"
+        fastest = f"{row.x_fastest_teacher:.1f}" if row.x_fastest_teacher else "–"
+        lines.append(
+            f"| {row.name} | {row.backend} | {row.ndcg10:.4f} | {row.docs_per_s:.1f} | "
+            f"{row.x_teacher:.1f} | {fastest} | {row.size_mb:.0f} | "
+            f"{row.vs_teacher.gain:+.4f} ({row.vs_teacher.p:.3f}) | {versus} | {row.verdict} |"
+        )
+    return lines

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from distill.transformer.layerwise import run_layers
 from distill.transformer.losses import rank_distill_loss
 from distill.transformer.mining import RankExamples
-from distill.transformer.schedule import Schedule
+from distill.transformer.schedule import Schedule, mixed_precision
 from distill.transformer.states import StateStore
 from search.atomic import atomic_path
 from search.batching import token_batches
@@ -70,7 +70,7 @@ class Top:
         features: dict[str, Any] = {"token_embeddings": hidden, "attention_mask": mask}
         for module in list(self.student)[1:]:
             features = module(features)
-        return torch.nn.functional.normalize(features["sentence_embedding"], dim=-1)
+        return torch.nn.functional.normalize(features["sentence_embedding"].float(), dim=-1)
 
     def encode(self, store: StateStore, boundary: int, rows: Sequence[int]) -> np.ndarray:
         """Embeddings of texts `rows` of `store`, float32 ``(len(rows), dim)``."""
@@ -170,12 +170,14 @@ class _Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     ckpt: Path
+    bf16: bool = False
 
     def start(self) -> _State:
         """Resume from the checkpoint when there is one, else score the start."""
         layers = self.top.layers
         if not self.ckpt.is_file():
-            before = self.val.score(self.top)
+            with mixed_precision(self.bf16):
+                before = self.val.score(self.top)
             return _State(0, before, before, _snapshot(layers), [(0, before)])
         saved = torch.load(self.ckpt, weights_only=False)
         for layer, state in zip(layers, saved["layers"], strict=True):
@@ -198,8 +200,9 @@ class _Trainer:
         `labels` holds the teacher's embeddings of the queries, then the documents."""
         for layer in self.top.layers:
             layer.train()
-        q = self.top.embed(*self.store.batch(self.boundary, q_rows))
-        d = self.top.embed(*self.store.batch(self.boundary, d_rows))
+        with mixed_precision(self.bf16):
+            q = self.top.embed(*self.store.batch(self.boundary, q_rows))
+            d = self.top.embed(*self.store.batch(self.boundary, d_rows))
         labels = labels.to(q.device)
         loss = rank_distill_loss(q, d, labels[: len(q_rows)], labels[len(q_rows) :], temperature)
         self.optimizer.zero_grad(set_to_none=True)
@@ -231,7 +234,8 @@ class _Trainer:
         layers = self.top.layers
         for layer in layers:
             layer.eval()
-        current = self.val.score(self.top)
+        with mixed_precision(self.bf16):
+            current = self.val.score(self.top)
         state.history.append((state.step, current))
         logger.info("step %d: validation nDCG@10 %.4f (best %.4f)", state.step, current, state.best)
         improved = current > state.best
@@ -332,8 +336,9 @@ def train_top(
     optimizer = torch.optim.AdamW(top.parameters(), lr=schedule.lr, weight_decay=0.01)
     scheduler = schedule.scheduler(optimizer, planned)
     work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "top.pt"
     trainer = _Trainer(
-        top, states.store, states.boundary, val, optimizer, scheduler, work / "top.pt"
+        top, states.store, states.boundary, val, optimizer, scheduler, ckpt, schedule.bf16
     )
     state = trainer.start()
     batches = _Batches.of(examples, states.rows)

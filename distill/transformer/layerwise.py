@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distill.transformer.schedule import Schedule
+from distill.transformer.schedule import Schedule, mixed_precision
 from distill.transformer.states import StateStore, gather, scatter
 from search.batching import token_batches
 
@@ -242,6 +242,7 @@ class _BlockTrainer:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     planned: int
+    bf16: bool = False
     step: int = 0
 
     def epoch(self, batches: list[list[int]], deadline: float, bar: Any) -> bool:
@@ -250,7 +251,9 @@ class _BlockTrainer:
         params = [p for p in self.layer.parameters() if p.requires_grad]
         for rows in batches:
             x, t, mask = self.data.batch(rows)
-            loss = layer_local_loss(run_layers([self.layer], self.backbone, x, mask), t, mask)
+            with mixed_precision(self.bf16):
+                y = run_layers([self.layer], self.backbone, x, mask)
+            loss = layer_local_loss(y.float(), t, mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -287,9 +290,8 @@ def train_block(
     planned = schedule.planned(per_epoch)
     params = [p for p in layer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=0.01)
-    trainer = _BlockTrainer(
-        layer, backbone, data, optimizer, schedule.scheduler(optimizer, planned), planned
-    )
+    scheduler = schedule.scheduler(optimizer, planned)
+    trainer = _BlockTrainer(layer, backbone, data, optimizer, scheduler, planned, schedule.bf16)
     before = data.held_loss(layer, backbone)
     best, best_state = before, _state(layer)
     deadline = schedule.deadline()

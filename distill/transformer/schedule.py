@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ class Schedule:
             decay.
         eval_steps: Steps between validation passes.
         seed: Seed of the example order.
+        bf16: Compute forward and backward passes under ``torch.autocast`` in bf16
+            (weights and optimizer state stay fp32); for CPUs with bf16 units.
     """
 
     lr: float
@@ -32,6 +35,7 @@ class Schedule:
     warmup: float = 0.05
     eval_steps: int = 50
     seed: int = 42
+    bf16: bool = False
 
     def planned(self, steps_per_epoch: int) -> int:
         """Steps in `epochs` passes of `steps_per_epoch` steps (at least one)."""
@@ -47,6 +51,19 @@ class Schedule:
 
         return get_cosine_schedule_with_warmup(optimizer, self.warmup_steps(planned), planned)
 
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The context training and validation passes run in: autocast bf16 or none."""
+        return mixed_precision(self.bf16)
+
     def deadline(self) -> float:
         """The `time.monotonic` moment the budget ends, counted from now."""
         return time.monotonic() + self.seconds
+
+
+def mixed_precision(bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` in bf16 on the CPU when `bf16`, else nothing."""
+    if not bf16:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)

@@ -37,7 +37,7 @@ from distill.transformer.layerwise import (
     plan_blocks,
 )
 from distill.transformer.mining import RankExamples, mine_rank_examples
-from distill.transformer.schedule import Schedule
+from distill.transformer.schedule import Schedule, mixed_precision
 from distill.transformer.states import StateStore, fill_store
 from distill.transformer.student import layer_subset
 from distill.transformer.train import (
@@ -66,7 +66,10 @@ class Run:
             embeddings of ``train + held`` in that order (normalised, float32), and
             `targets` the same mapped into the student's space (`tmap`).
         student_key: Identity of the untrained student's weights (store keys).
+        val: The ``tune`` validation set: it picks checkpoints and keeps or reverts
+            stages (the candidates are judged on another, `distill.candidates`).
         work: Scratch and checkpoint folder of this run.
+        bf16: Fill the state stores and train under autocast bf16.
     """
 
     config: DistillConfig
@@ -84,6 +87,7 @@ class Run:
     val: ValidationSet
     work: Path
     progress: bool = True
+    bf16: bool = False
     stages: list[Stage] = field(default_factory=list)
 
     @property
@@ -92,7 +96,8 @@ class Run:
 
     def score(self) -> float:
         """Validation nDCG@10 of the student as it is now (the real model, no cache)."""
-        return score(TorchEncoder.from_model(self.student, "student"), self.val)
+        with mixed_precision(self.bf16):
+            return score(TorchEncoder.from_model(self.student, "student"), self.val)
 
 
 def states_dir(key: str) -> Path:
@@ -158,6 +163,7 @@ def layerwise_stage(run: Run, seconds: float, before: float) -> tuple[StateStore
         boundaries(blocks),
         model_hash=run.student_key,
         progress=run.progress,
+        bf16=run.bf16,
     )
     del uncut
     initial = copy.deepcopy(run.student.state_dict())
@@ -166,6 +172,7 @@ def layerwise_stage(run: Run, seconds: float, before: float) -> tuple[StateStore
         seconds=max(0.0, seconds - (time.perf_counter() - t0)),
         epochs=run.config.layerwise_epochs,
         seed=run.config.seed,
+        bf16=run.bf16,
     )
     train_rows = list(range(len(run.train)))
     held_rows = list(range(len(run.train), len(texts)))
@@ -212,7 +219,13 @@ def _validation_states(run: Run, prefix: Any, key: str, boundary: int) -> Valida
     query_ids = list(run.val.queries)
     texts = doc_texts + [run.val.queries[q] for q in query_ids]
     store = fill_store(
-        states_dir(f"{key}|val"), prefix, texts, [boundary], model_hash=key, progress=False
+        states_dir(f"{key}|val"),
+        prefix,
+        texts,
+        [boundary],
+        model_hash=key,
+        progress=False,
+        bf16=run.bf16,
     )
     n = len(doc_ids)
     return ValidationStates(
@@ -252,7 +265,13 @@ def _prefix_states(
         return first, assistant[0], assistant[1], val
     texts = run.train + run.held
     store = fill_store(
-        states_dir(key), prefix, texts, [first], model_hash=key, progress=run.progress
+        states_dir(key),
+        prefix,
+        texts,
+        [first],
+        model_hash=key,
+        progress=run.progress,
+        bf16=run.bf16,
     )
     return first, store, first, val
 
@@ -278,6 +297,7 @@ def teacher_stage(
         batch_size=run.config.batch_size,
         eval_steps=run.config.eval_steps,
         seed=run.config.seed,
+        bf16=run.bf16,
     )
     result = train_top(
         Top(run.student, first),
@@ -331,6 +351,7 @@ def end_to_end_stage(run: Run, seconds: float, before: float) -> dict[str, Any]:
             warmup=0.1,
             eval_steps=config.eval_steps,
             seed=config.seed,
+            bf16=run.bf16,
         ),
     )
     info["train_examples"] = len(dataset)

@@ -156,6 +156,7 @@ def _arguments(
         logging_steps=eval_steps,
         report_to="none",
         use_cpu=True,
+        bf16=schedule.bf16,
         seed=schedule.seed,
         dataloader_drop_last=True,
         disable_tqdm=False,
