@@ -61,7 +61,7 @@ def test_teacher_encoder_equals_sentence_transformer_on_same_folder() -> None:
     from search.encoder import load_encoder
 
     texts = ["Aspirin lowers the risk of heart attack.", "BRCA1 mutations raise cancer risk."]
-    ours = load_encoder("all-mpnet-base-v2", backend="torch")
+    ours = load_encoder("all-mpnet-base-v2", backend="torch", precision="fp32")
     theirs = SentenceTransformer(str(resolve_model("all-mpnet-base-v2")), device="cpu")
     assert ours.dim == 768
     expected = theirs.encode(texts, normalize_embeddings=True)
