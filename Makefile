@@ -27,7 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # DEMO_T0 is read when make starts, so the wall time the demo prints counts `make setup` too.
-# DEMO_ARGS passes options on: `make demo DEMO_ARGS=--full` for the full distillation.
+# DEMO_ARGS passes options on: `make demo DEMO_ARGS=--full` for the full distillation,
+# `DEMO_ARGS="--max-texts 4000"` for a quick demo whose teacher labels more texts.
 demo: export DISTILSEARCH_DEMO_T0 := $(shell date +%s.%N)
 demo: setup
 	$(VENV)/bin/distilsearch demo $(DEMO_ARGS)

@@ -59,9 +59,11 @@ def _setup(verbose: bool) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    level = logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setLevel(level)  # `_show_steps` lines reach the root logger too
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[handler]
     )
     for noisy in ("sentence_transformers", "transformers", "httpx", "faiss", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
@@ -114,14 +116,35 @@ def distill(settings: dict[str, Any], verbose: Verbose = False) -> None:
     validation queries training never saw, docs/s against the fp32 teacher). A trained
     one is emitted only where it beats the untrained model significantly."""
     _setup(verbose)
+    _show_steps("distill", verbose)
     from distill.run import distill as run_distill
 
     try:
         report = run_distill(DistillConfig(**settings))
     except (DistilsearchError, ValueError) as exc:
         fail(str(exc))
-    keys = {"out", "gate", "stages", "train_seconds", "wall_seconds"}
+    keys = {"out", "gate", "stages", "choice", "train_seconds", "wall_seconds"}
     typer.echo(report.model_dump_json(by_alias=True, include=keys))
+
+
+class _EchoHandler(logging.Handler):
+    """Log lines to whatever stderr is when they are written (a test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+def _show_steps(package: str, verbose: bool) -> None:
+    """Print `package`'s INFO lines (its steps) on stderr without ``--verbose`` too: a
+    job that runs for many minutes says what it is doing."""
+    log = logging.getLogger(package)
+    if verbose or log.handlers:  # --verbose shows them anyway; once per process
+        return
+    handler = _EchoHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(lambda record: record.levelno < logging.WARNING)  # root shows those
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
 
 
 INDEX_OPTIONS = (
@@ -548,48 +571,64 @@ def _stops_exit_cleanly() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+DemoFull = Annotated[
+    bool,
+    typer.Option(
+        "--full",
+        help="Distill DistillConfig's default student and evaluate on the whole test "
+        "split (over an hour cold on 2 cores) instead of the quick demo.",
+    ),
+]
+DemoModel = Annotated[
+    str | None,
+    typer.Option(
+        help="Quick demo: the shipped model the table compares with (default all-MiniLM-L6-v2)."
+    ),
+]
+DemoTexts = Annotated[
+    int | None,
+    typer.Option(
+        help="Quick demo: training texts the teacher labels for the static student "
+        "(default 1500, sized for a cold demo within 10 minutes on 2 cores)."
+    ),
+]
+DemoServe = Annotated[bool, typer.Option("--serve/--no-serve", help="Serve at the end.")]
+
+
 @app.command()
 @with_options(DistillConfig, ("teacher", "max_minutes"), into="distilling")
 def demo(
     distilling: dict[str, Any],
     data: Annotated[str | None, typer.Option(help="BEIR SciFact folder.")] = None,
-    out: Annotated[Path, typer.Option(help="Where the index (and student) go.")] = Path(
+    out: Annotated[Path, typer.Option(help="Where the student, index and results go.")] = Path(
         "runs/demo"
     ),
-    full: Annotated[
-        bool,
-        typer.Option(
-            "--full",
-            help="Distill DistillConfig's default student and evaluate on the whole test "
-            "split (over an hour cold on 2 cores) instead of the quick demo.",
-        ),
-    ] = False,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Quick demo: the small model that indexes and serves (default all-MiniLM-L6-v2)."
-        ),
-    ] = None,
-    serve_after: Annotated[
-        bool, typer.Option("--serve/--no-serve", help="Serve at the end.")
-    ] = True,
+    full: DemoFull = False,
+    model: DemoModel = None,
+    max_texts: DemoTexts = None,
+    serve_after: DemoServe = True,
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
     verbose: Verbose = False,
 ) -> None:
-    """SciFact end to end. Quick (default, minutes cold): index with the shipped small
-    model, compare it with the teacher on a slice of the test split, serve. --full:
-    distill a student, index, evaluate on the whole split, serve.
+    """SciFact end to end. Quick (default, minutes cold): distil a static student from
+    the teacher on a sample of the corpus, index with it (and BM25), compare teacher,
+    shipped MiniLM, the student and student + BM25 on a slice of the test split, serve
+    the hybrid index. --full: distill the default transformer student, index, evaluate
+    on the whole split, serve.
 
     The total wall time counts from DISTILSEARCH_DEMO_T0 (Unix time; set by make demo).
     """
     started, since = _demo_clock()
     _setup(verbose)
-    from api.demo import format_duration, run_demo
+    from api.demo import QUICK_TEXTS, format_duration, run_demo
     from search.assets import MINILM_NAME
     from search.corpus import find_dataset
 
-    if full and model is not None:
-        fail("--model is for the quick demo; --full distills DistillConfig's default student")
+    if full and (model is not None or max_texts is not None):
+        fail(
+            "--model and --max-texts are for the quick demo; --full distills "
+            "DistillConfig's default student"
+        )
     try:
         path = _data_path(data) if data else find_dataset("scifact")
         result = run_demo(
@@ -599,6 +638,7 @@ def demo(
             model=model or MINILM_NAME,
             teacher=distilling["teacher"],
             max_minutes=distilling["max_minutes"],
+            max_texts=QUICK_TEXTS if max_texts is None else max_texts,
             say=lambda line: typer.echo(line),
         )
     except (DistilsearchError, ValueError) as exc:
@@ -607,8 +647,7 @@ def demo(
     if not serve_after:
         typer.echo(f"total wall time {format_duration(time.time() - started)} since {since}")
         return
-    step = "[4/4]" if full else "[3/3]"
-    _serve_demo(result, port, step, since, started, verbose)
+    _serve_demo(result, port, "[4/4]", since, started)
 
 
 def _demo_clock() -> tuple[float, str]:
@@ -620,11 +659,9 @@ def _demo_clock() -> tuple[float, str]:
     return time.time(), "the demo started"
 
 
-def _serve_demo(
-    result: DemoResult, port: int, step: str, since: str, started: float, verbose: bool
-) -> None:
-    """Serve the demo's index on `port`; once a test search answers, print the total wall
-    time from `started` (Unix time)."""
+def _serve_demo(result: DemoResult, port: int, step: str, since: str, started: float) -> None:
+    """Serve the demo's index on `port` with the settings it chose (`DemoResult.serve`);
+    once a test search answers, print the total wall time from `started` (Unix time)."""
     import threading
 
     from api.demo import format_duration, wait_until_answering
@@ -642,9 +679,14 @@ def _serve_demo(
             f"total wall time {format_duration(time.time() - started)} since {since}. Ctrl-C stops."
         )
 
-    typer.echo(f"{step} serving {result.index_dir} on {url} (OpenAPI docs at /docs)")
+    chosen = ", ".join(f"{k}={v}" for k, v in result.serve.items())
+    typer.echo(
+        f"{step} serving {result.index_dir} on {url} (OpenAPI docs at /docs)"
+        + (f"; {chosen}" if chosen else "")
+    )
     threading.Thread(target=announce, daemon=True).start()
-    serve(index=result.index_dir, host="127.0.0.1", port=port, verbose=verbose)
+    given = {"index_dir": result.index_dir, "host": "127.0.0.1", "port": port, **result.serve}
+    _serve_app(_serve_settings(given), access_log=False)
 
 
 def main() -> None:

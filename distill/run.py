@@ -58,11 +58,14 @@ def publish(job: Job[T, R], trained: T, report: R, out: Path) -> None:
 
 
 def run_job(job: Job[T, R], setup: Setup, t_start: float) -> R:
-    """Train, gate, report and publish."""
+    """Train, gate, report and publish; each step says when it starts (logger INFO)."""
+    logger.info("[2/4] training (budget %g min)", setup.config.max_minutes)
     trained = job.train(setup)
+    logger.info("[3/4] choosing what to emit on the validation queries")
     job.gate(setup, trained)
     report = job.report(setup, trained)
     report.wall_seconds = round(time.perf_counter() - t_start, 1)
+    logger.info("[4/4] publishing to %s", setup.config.out)
     publish(job, trained, report, setup.config.out)
     return report
 
@@ -75,6 +78,7 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillReport:
             where they can be seen then).
     """
     t_start = time.perf_counter()
+    logger.info("[1/4] setting up: texts, teacher labels (cached), validation queries")
     setup = set_up(config, progress=progress)
     if setup.spec.static is not None:
         return run_job(StaticJob(), setup, t_start)

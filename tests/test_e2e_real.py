@@ -66,6 +66,8 @@ def test_distill_index_search_eval_serve(scifact_slice: Path, tmp_path: Path) ->
     args = ["--teacher", TEACHER, "--student", STUDENT, "--data", str(scifact_slice)]
     r = runner.invoke(cli, ["distill", *args, "--out", str(student), *options])
     assert r.exit_code == 0, r.output
+    for step in ("[1/4] setting up", "[2/4] training", "[3/4] choosing", "[4/4] publishing"):
+        assert step in r.stderr, r.stderr
     report = json.loads((student / "distill_report.json").read_text())
     assert report["steps"] > 0
     rows = {row["name"]: row for row in report["choice"]["candidates"]}
