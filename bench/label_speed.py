@@ -4,9 +4,10 @@
         [--out bench/out/label-speed]
 
 The texts are the ones `distill` labels with its default settings (`distill.texts.
-split_texts`: corpus documents, their sentences, train queries, generic queries), the
-first `--texts` of them. Each way encodes them all with `search.encoder.TorchEncoder`
-(token-bounded batches, as `distill` labels), without the embedding cache, fp32 first.
+split_texts`: corpus documents, their sentences, train queries, generic queries), all of
+them or a seeded sample of `--texts`, which keeps their mix of long and short texts.
+Each way encodes them all with `search.encoder.TorchEncoder` (token-bounded batches,
+as `distill` labels), without the embedding cache, fp32 first.
 Reports texts/s each way, their ratio, and the cosine of each bf16 label to its fp32
 one (mean, minimum, 0.1 % quantile). Writes ``results.json`` with the command, commit,
 date and whether the machine was idle.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/label-speed"))
     args = parser.parse_args()
     split = split_texts(DistillConfig(data=args.data, out=Path("unused")))
-    texts = (split.train + split.held)[: args.texts]
+    texts = split.train + split.held
+    if args.texts < len(texts):
+        texts = random.Random(0).sample(texts, args.texts)
     prov = Provenance()
     teacher = TorchEncoder(resolve_model(args.teacher), name=args.teacher)
     fp32, fp32_rate = label(teacher, texts)

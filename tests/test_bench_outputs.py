@@ -19,7 +19,7 @@ def run_bench(script: str, out: Path, *args: str, timeout: int = 300) -> dict[st
     """Run ``bench/<script>`` with `args` and ``--out out``; check that ``results.json``
     records the command, commit, date, machine and idleness, and that ``table.md``'s
     first line names the same commit; return ``results.json``."""
-    cmd = [sys.executable, str(BENCH / script), *args, "--out", str(out)]
+    cmd = [sys.executable, str(BENCH / script), "--out", str(out), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert f"wrote {out}/results.json, table.md" in done.stdout
@@ -98,3 +98,21 @@ def test_index_scale_writes_every_factory(tmp_path: Path) -> None:
     assert rows["Flat"]["recall"] == 1.0 and all(0 < r["recall"] <= 1 for r in rows.values())
     assert got["settings"]["auto"] == "Flat"
     assert "**Flat** (auto)" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_distill_run_records_time_memory_and_the_report(
+    tiny_model: Path, tiny_model_64: Path, scifact_slice: Path, tmp_path: Path
+) -> None:
+    student = tmp_path / "static"
+    got = run_bench(
+        "distill_run.py", tmp_path / "out", "--", "--data", str(scifact_slice), "--out",
+        str(student), "--teacher", str(tiny_model_64), "--student", "static:epochs=1,batch=8",
+        "--max-texts", "60", timeout=600,
+    )  # fmt: skip
+
+    report = json.loads((student / "distill_report.json").read_text())
+    assert json.loads((tmp_path / "out" / "distill_report.json").read_text()) == report
+    assert got["emitted"] == "static" and got["texts"] == report["texts"]["total"]
+    assert got["wall_seconds"] >= report["wall_seconds"] > 0
+    assert 0.1 < got["peak_rss_gib"] < 24  # a torch process, and no more than the machine
+    assert "--max-texts 60" in got["distill_command"]
