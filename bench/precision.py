@@ -204,7 +204,16 @@ def sample_docs(data: Path, n: int, seed: int = 0) -> list[str]:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| what | fp32 | bf16 / int8 | x |", "| --- | ---: | ---: | ---: |"]
+    rec = results["provenance"]
+    lines = [
+        f"CPU units {results['bf16_units']} ({', '.join(results['cpu_flags'])}), "
+        f"{results['threads']} threads; `{rec['command']}`; commit {rec['commit']}, "
+        f"{rec['date']}; machine {'idle' if rec['idle'] else 'NOT idle'} (others' CPU share "
+        f"{rec['others_cpu_share']})",
+        "",
+        "| what | fp32 | bf16 / int8 | x |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     mm = results["matmul_gflops"]
     ratio = mm["bf16"] / mm["fp32"]
     lines.append(f"| matmul 2048² GFLOP/s | {mm['fp32']} | {mm['bf16']} (bf16) | {ratio:.2f} |")
