@@ -78,7 +78,6 @@ def distill(config: DistillConfig, *, progress: bool = True) -> DistillReport:
             where they can be seen then).
     """
     t_start = time.perf_counter()
-    logger.info("[1/4] setting up: texts, teacher labels (cached), validation queries")
     setup = set_up(config, progress=progress)
     if setup.spec.static is not None:
         return run_job(StaticJob(), setup, t_start)

@@ -3,6 +3,7 @@ labelled training texts and the two validation sets (step 1 of `distill.run`).""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from search.encoder import Encoder, TorchEncoder
 from search.evaluate import evaluate
 from search.precision import PrecisionCheck, choose_precision
 from search.types import DataError
+
+logger = logging.getLogger(__name__)
 
 PRECISION_TEXTS = 64
 """Held-out texts the teacher encodes both ways before its labels are taken in bf16."""
@@ -76,6 +79,8 @@ def set_up(config: DistillConfig, *, progress: bool = True) -> Setup:
         resolve_model(spec.model)
     teacher = TorchEncoder(resolve_model(config.teacher), name=config.teacher, device=device)
     split = split_texts(config)
+    # after every check of the inputs: a bad one is then the only line the user sees
+    logger.info("[1/4] setting up: teacher precision, labels (cached), validation queries")
     check, labeler = teacher_precision(config, teacher, split, device)
     cache = cache_for(labeler, embeddings_dir())
     labelled = label(split, labeler, cache, progress=progress)
