@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from distill.config import DistillConfig, StudentSpec
 from distill.gate import ValidationSet, sample_corpus, validation_set
+from distill.report import TextCounts
 from distill.texts import Labelled, TextSplit, label, split_texts
 from search.assets import embeddings_dir, resolve_model
 from search.corpus import count_documents, fingerprint
@@ -137,3 +138,14 @@ def speed_sample(val: ValidationSet, n: int, seed: int) -> list[str]:
 
     _, texts = corpus_texts(val.corpus)
     return random.Random(seed).sample(texts, min(n, len(texts)))
+
+
+def text_counts(setup: Setup) -> TextCounts:
+    """The report's account of the training texts (both kinds of student)."""
+    labelled = setup.labelled
+    return TextCounts(
+        by_source=labelled.texts.counts(),
+        total=len(labelled.train) + len(labelled.held),
+        heldout=len(labelled.held),
+        teacher_labelled_now=labelled.stats.encoded,
+    )

@@ -33,10 +33,9 @@ from distill.report import (
     StaticFidelity,
     StaticReport,
     StaticSpeed,
-    TextCounts,
     folder_size_mb,
 )
-from distill.setup import Setup
+from distill.setup import Setup, text_counts
 from distill.static.card import model_card
 from distill.static.model import adapt, encode, plain_model, reweight, with_dtype
 from distill.static_options import StaticOptions
@@ -252,17 +251,6 @@ def static_candidate(setup: Setup, folder: Path, sample: list[str]) -> Candidate
         size_mb=folder_size_mb(folder),
         tune=trained.gate.after,
         facts={"variant": trained.gate.emitted, "dims": options.dims},
-    )
-
-
-def text_counts(setup: Setup) -> TextCounts:
-    """The report's account of the training texts."""
-    labelled = setup.labelled
-    return TextCounts(
-        by_source=labelled.texts.counts(),
-        total=len(labelled.train) + len(labelled.held),
-        heldout=len(labelled.held),
-        teacher_labelled_now=labelled.stats.encoded,
     )
 
 

@@ -38,12 +38,11 @@ from distill.report import (
     ServedSpeed,
     Sizes,
     TeacherSpeed,
-    TextCounts,
     TransformerFidelity,
     TransformerReport,
     folder_size_mb,
 )
-from distill.setup import Setup, speed_sample
+from distill.setup import Setup, speed_sample, text_counts
 from distill.targets import fit_target_map
 from distill.transformer.card import model_card
 from distill.transformer.layerwise import check_supported
@@ -404,7 +403,7 @@ def transformer_report(setup: Setup, trained: Trained) -> TransformerReport:
         student=config.student,
         data=str(config.data),
         device=setup.device,
-        texts=_text_counts(setup),
+        texts=text_counts(setup),
         target_map_explained=round(run.tmap.explained, 4),
         fidelity=TransformerFidelity(
             before=Fidelity(cosine=fid_before["fidelity_cosine"], mse=fid_before["fidelity_mse"]),
@@ -432,17 +431,7 @@ def transformer_report(setup: Setup, trained: Trained) -> TransformerReport:
         ),
         choice=trained.choice,
         teacher_speed=speed,
-        precision={k: v for k, v in setup.precision.as_dict().items()},
-    )
-
-
-def _text_counts(setup: Setup) -> TextCounts:
-    labelled = setup.labelled
-    return TextCounts(
-        by_source=labelled.texts.counts(),
-        total=len(labelled.train) + len(labelled.held),
-        heldout=len(labelled.held),
-        teacher_labelled_now=labelled.stats.encoded,
+        precision=setup.precision.as_dict(),
     )
 
 
