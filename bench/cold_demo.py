@@ -72,7 +72,7 @@ def main() -> None:
     prov = Provenance()
     seconds, steps, lines = run(args.timeout)
     table = [x for x in lines if x.startswith("|")]
-    caption = next((x for x in lines if "a slice:" in x), "")
+    caption = next((x for x in lines if "test, a slice:" in x), "")  # the table's caption
     record = prov.finish()
     write(
         args.out,
